@@ -1,0 +1,200 @@
+"""The rows Authlib works with: clients, authorization codes, tokens and device codes.
+
+Each implements the small Authlib mixin interface its grant or endpoint calls, and nothing
+more; storage.py reads and writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
+from authlib.oauth2.rfc8628 import DeviceCredentialMixin
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def scope_set(scope: str | None) -> set[str]:
+    return set((scope or "").split())
+
+
+def scope_str(scopes: set[str] | frozenset[str]) -> str:
+    """Scopes in a stable order, so equal sets always print the same."""
+    return " ".join(sorted(scopes))
+
+
+def is_loopback_redirect(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+
+
+def redirect_uri_matches(registered: str, requested: str) -> bool:
+    """Exact string match (RFC 9700 §4.1.3), except that a registered loopback redirect URI
+    without a port matches the same URI with any port (RFC 8252 §7.3). Everything but the
+    port is still compared as an exact string, so userinfo, case, path or query tricks fail."""
+    if requested == registered:
+        return True
+    if not is_loopback_redirect(registered):
+        return False
+    try:
+        want, got = urlsplit(registered), urlsplit(requested)
+        port = got.port
+    except ValueError:
+        return False
+    if port is None or got.fragment:
+        return False
+    netloc_without_port = got.netloc[: got.netloc.rfind(":")]
+    return (
+        got.scheme == want.scheme
+        and netloc_without_port == want.netloc
+        and got.path == want.path
+        and got.query == want.query
+    )
+
+
+@dataclass
+class ClientRecord(ClientMixin):
+    client_id: str
+    secret_hash: str | None
+    metadata: dict
+    resource_server: bool = False
+    may_exchange_tokens: bool = False
+
+    @property
+    def client_name(self) -> str:
+        return self.metadata.get("client_name") or self.client_id
+
+    @property
+    def auth_method(self) -> str:
+        return self.metadata.get("token_endpoint_auth_method", "none")
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None  # redirect_uri is always required: loopback clients register no port
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        allowed = scope_set(self.metadata.get("scope"))
+        if not scope:
+            return scope_str(allowed)
+        return scope_str(scope_set(scope) & allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return any(
+            redirect_uri_matches(registered, redirect_uri)
+            for registered in self.metadata.get("redirect_uris", [])
+        )
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if not self.secret_hash:
+            return False
+        presented = hashlib.sha256(client_secret.encode()).hexdigest()
+        return hmac.compare_digest(presented, self.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+    @property
+    def grant_types(self) -> list[str]:
+        return self.metadata.get("grant_types", ["authorization_code"])
+
+
+@dataclass
+class CodeRecord(AuthorizationCodeMixin):
+    code_hash: str
+    client_id: str
+    username: str
+    redirect_uri: str
+    scope: str
+    resource: str | None
+    code_challenge: str
+    code_challenge_method: str
+    auth_time: int
+    expires_at: int
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_auth_time(self) -> int:
+        return self.auth_time
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= time.time()
+
+
+@dataclass
+class TokenRecord(TokenMixin):
+    token_hash: str
+    kind: str
+    grant_id: str
+    client_id: str
+    username: str | None
+    scope: str
+    resource: str | None
+    actor: str | None
+    issued_at: int
+    expires_at: int
+    revoked_at: int | None
+    used_at: int | None
+
+    def check_client(self, client: ClientMixin) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return self.expires_at - self.issued_at
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= time.time()
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None or self.used_at is not None
+
+    def get_user(self) -> str | None:
+        return self.username
+
+    def get_client(self) -> None:
+        return None
+
+
+@dataclass
+class DeviceRecord(DeviceCredentialMixin):
+    device_code_hash: str
+    user_code: str
+    client_id: str
+    scope: str
+    resource: str | None
+    expires_at: int
+    interval: int
+    username: str | None
+    granted_scope: str | None
+    decision: str | None
+    used_at: int | None
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_scope(self) -> str:
+        return self.granted_scope or self.scope
+
+    def get_user_code(self) -> str:
+        return self.user_code
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= time.time()

@@ -1,0 +1,130 @@
+"""users.yaml: the accounts (argon2 hashes and the scopes each may receive), the
+pre-registered clients and the resources (RFC 8707) the provider issues tokens for."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("oauth_provider")
+
+
+class UsersFileError(ValueError):
+    """users.yaml is missing or malformed; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    password_hash: str
+    scopes: frozenset[str]
+    name: str
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A client registered in users.yaml rather than through /register."""
+
+    client_id: str
+    client_name: str
+    redirect_uris: list[str]
+    grant_types: list[str]
+    scope: str
+    token_endpoint_auth_method: str
+    client_secret: str | None = None
+    resource_server: bool = False
+    may_exchange_tokens: bool = False
+
+
+@dataclass(frozen=True)
+class Resource:
+    uri: str
+    name: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class UsersFile:
+    accounts: dict[str, Account]
+    clients: list[ClientConfig]
+    resources: dict[str, Resource] = field(default_factory=dict)
+
+
+def _secret_for(entry: dict, path: Path) -> str | None:
+    """A client secret comes from the environment variable the file names, or its marked
+    development default (with a warning), never from the file in plain text otherwise."""
+    env_name = entry.get("client_secret_env")
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    default = entry.get("development_default_secret")
+    if not default:
+        raise UsersFileError(f"{path}: client {entry['client_id']} needs ${env_name} to be set")
+    log.warning(
+        "%s is not set: client %s uses the development default secret; set %s in production",
+        env_name,
+        entry["client_id"],
+        env_name,
+    )
+    return default
+
+
+def load_users_file(path: Path, extra_resources: list[str] = ()) -> UsersFile:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsersFileError(f"users file {path} is not valid YAML: {exc}") from exc
+    try:
+        accounts = {
+            name: Account(
+                username=name,
+                password_hash=entry["password_hash"],
+                scopes=frozenset(entry.get("scopes", [])),
+                name=entry.get("name", name),
+            )
+            for name, entry in raw["users"].items()
+        }
+        clients = [
+            ClientConfig(
+                client_id=entry["client_id"],
+                client_name=entry.get("client_name", entry["client_id"]),
+                redirect_uris=list(entry.get("redirect_uris", [])),
+                grant_types=list(entry.get("grant_types", ["authorization_code"])),
+                scope=entry.get("scope", ""),
+                token_endpoint_auth_method=entry.get("token_endpoint_auth_method", "none"),
+                client_secret=_secret_for(entry, path),
+                resource_server=bool(entry.get("resource_server", False)),
+                may_exchange_tokens=bool(entry.get("may_exchange_tokens", False)),
+            )
+            for entry in raw.get("clients", [])
+        ]
+        resources = {
+            entry["uri"]: Resource(
+                uri=entry["uri"],
+                name=entry.get("name", entry["uri"]),
+                scopes=frozenset(entry.get("scopes", [])),
+            )
+            for entry in raw.get("resources", [])
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UsersFileError(f"users file {path} is malformed near {exc!s}") from exc
+    all_scopes = frozenset().union(*(r.scopes for r in resources.values())) or frozenset(
+        {"read", "write", "admin"}
+    )
+    for uri in extra_resources:
+        resources.setdefault(uri, Resource(uri=uri, name=uri, scopes=all_scopes))
+    for account in accounts.values():
+        if not account.password_hash.startswith("$argon2"):
+            raise UsersFileError(
+                f"{path}: user {account.username} has no argon2 password_hash; "
+                "make one with: python oauth_provider.py hash-password"
+            )
+    return UsersFile(accounts=accounts, clients=clients, resources=resources)
