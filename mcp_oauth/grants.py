@@ -384,6 +384,12 @@ class ClientRegistration(ClientRegistrationEndpoint):
         method = request.payload.data.get("token_endpoint_auth_method", "client_secret_basic")
         return None if method == "none" else new_secret()
 
+    def generate_client_info(self, request) -> dict:
+        info = super().generate_client_info(request)
+        if info["client_secret"] is None:  # a public client: no secret fields at all
+            del info["client_secret"], info["client_secret_expires_at"]
+        return info
+
     def extract_client_metadata(self, request) -> dict:
         metadata = super().extract_client_metadata(request)
         redirect_uris = metadata.get("redirect_uris") or []

@@ -1,0 +1,97 @@
+"""Fixtures that start the real provider (SQLite or PostgreSQL) on free ports."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support import ServerProcess, free_port
+
+RS_SECRET = "test-rs-secret-0123456789abcdef0123456789"
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_available() -> bool:
+    import psycopg
+
+    for attempt in range(2):
+        try:
+            psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
+            return True
+        except psycopg.OperationalError:
+            if attempt == 0:  # not running: start this machine's cluster, as CI would
+                subprocess.run(
+                    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                    shell=True,
+                    capture_output=True,
+                )
+    return False
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    import psycopg
+
+    if not _postgres_available():
+        pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable and could not be started")
+    name = f"oauth_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@dataclass
+class Provider:
+    url: str
+    database_url: str
+    process: ServerProcess
+    resource: str
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process.start()
+
+
+def start_provider(
+    tmp_path, database_url: str | None = None, env: dict | None = None, args: list | None = None
+) -> Provider:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    database_url = database_url or f"sqlite:///{tmp_path}/oauth-{port}.db"
+    resource = "http://127.0.0.1:8000/mcp"
+    process = ServerProcess(
+        [
+            "oauth_provider.py",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--issuer",
+            url,
+            "--database-url",
+            database_url,
+            *(args or []),
+        ],
+        {"MCP_RS_CLIENT_SECRET": RS_SECRET, "OAUTH_RESOURCES": resource, **(env or {})},
+        f"{url}/.well-known/oauth-authorization-server",
+        tmp_path / f"provider-{port}.log",
+    ).start()
+    return Provider(url, database_url, process, resource)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def provider(request, tmp_path_factory) -> Iterator[Provider]:
+    """The real provider, once on SQLite and once on PostgreSQL."""
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("postgres_database")
+    handle = start_provider(tmp_path_factory.mktemp("provider"), database_url)
+    yield handle
+    handle.process.stop()
