@@ -38,7 +38,7 @@ from mcp_oauth.pages import Pages, message_page
 from mcp_oauth.passwords import hash_password
 from mcp_oauth.storage import Store, new_secret
 from mcp_oauth.token_issuer import TokenIssuer, TokenLifetimes
-from mcp_oauth.users_file import UsersFileError, load_users_file
+from mcp_oauth.users_file import Resource, UsersFileError, load_users_file
 
 log = logging.getLogger("oauth_provider")
 HERE = Path(__file__).resolve().parent
@@ -131,6 +131,12 @@ def new_signing_key() -> str:
 
 def build_app(settings: argparse.Namespace) -> Starlette:
     users = load_users_file(settings.users, settings.resource)
+    # The provider's own userinfo endpoint is a resource too: the downstream API that the
+    # resource server calls on behalf of a user (RFC 8693 token exchange).
+    userinfo_url = f"{settings.issuer}/userinfo"
+    users.resources[userinfo_url] = Resource(
+        userinfo_url, "Profile API (userinfo)", frozenset({"read"})
+    )
     store = Store(settings.database_url)
     for client in users.clients:
         store.save_client(
@@ -169,6 +175,40 @@ def build_app(settings: argparse.Namespace) -> Starlette:
 
     async def jwks(request: Request) -> Response:
         return JSONResponse(issuer.public_jwks())
+
+    async def userinfo(request: Request) -> Response:
+        """A downstream API: it accepts only access tokens whose audience is itself, so a
+        token meant for the MCP server is refused here and must be exchanged first."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        record = None
+        if scheme.lower() == "bearer" and token.strip():
+            record = await run_in_threadpool(store.find_token, token.strip(), "access")
+        if record is None or record.is_revoked() or record.is_expired():
+            problem = "the token is not active"
+        elif record.resource != userinfo_url:
+            problem = f"the token's audience is not {userinfo_url}"
+        else:
+            problem = None
+        if problem:
+            challenge = f'Bearer error="invalid_token", error_description="{problem}"'
+            return JSONResponse(
+                {"error": "invalid_token", "error_description": problem},
+                401,
+                {"WWW-Authenticate": challenge},
+            )
+        account = users.accounts.get(record.username or "")
+        body = {
+            "sub": record.username or record.client_id,
+            "scope": record.scope,
+            "client_id": record.client_id,
+        }
+        if account:
+            body.update(
+                username=account.username, name=account.name, allowed_scopes=sorted(account.scopes)
+            )
+        if record.actor:
+            body["act"] = {"sub": record.actor}
+        return JSONResponse(body)
 
     async def admin_grants(request: Request) -> Response:
         """Who holds live grants: for resource-server clients (an admin tool), authenticated."""
@@ -219,6 +259,7 @@ def build_app(settings: argparse.Namespace) -> Starlette:
     routes = [
         *(Route(path, metadata) for path in well_known),
         Route("/jwks.json", jwks),
+        Route("/userinfo", userinfo, methods=["GET", "POST"]),
         Route("/authorize", pages.authorize, methods=["GET", "POST"]),
         Route("/login", pages.login, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),

@@ -45,6 +45,8 @@ log = logging.getLogger("oauth_provider")
 CONFIDENTIAL_AUTH = ["client_secret_basic", "client_secret_post"]
 ANY_CLIENT_AUTH = [*CONFIDENTIAL_AUTH, "none"]
 DEVICE_CODE_GRANT = DeviceCodeGrant.GRANT_TYPE
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 AUTHORIZATION_CODE_LIFETIME = 300
 
 
@@ -242,6 +244,60 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
             with_refresh=False,
         )
         self.server.store.save_grant(spec, issued)
+        return 200, body, self.TOKEN_RESPONSE_HEADER
+
+
+class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
+    """RFC 8693 token exchange, for the On-Behalf-Of pattern: a resource server trades the
+    user's token it received for a token to a downstream API. The new token's subject is
+    the user, `act` names the exchanging client, and its scope is never wider than the
+    subject token's. Only clients marked `may_exchange_tokens` in users.yaml may do this."""
+
+    GRANT_TYPE = TOKEN_EXCHANGE_GRANT
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH
+
+    def validate_token_request(self):
+        client = self.authenticate_token_endpoint_client()
+        if not (client.check_grant_type(self.GRANT_TYPE) and client.may_exchange_tokens):
+            raise UnauthorizedClientError("this client may not exchange tokens")
+        form = self.request.payload.data
+        if form.get("subject_token_type") != ACCESS_TOKEN_TYPE:
+            raise InvalidRequestError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+        if form.get("requested_token_type", ACCESS_TOKEN_TYPE) != ACCESS_TOKEN_TYPE:
+            raise InvalidRequestError(f"requested_token_type must be {ACCESS_TOKEN_TYPE}")
+        if "actor_token" in form:
+            raise InvalidRequestError("actor_token is not supported; the client is the actor")
+        subject = self.server.store.find_token(form.get("subject_token") or "", "access")
+        if subject is None or subject.is_expired() or subject.is_revoked():
+            raise InvalidGrantError("subject_token is not an active access token")
+        if subject.username is None:
+            raise InvalidGrantError("subject_token has no user to act on behalf of")
+        target = form.get("audience") or requested_resource(self.server, self.request)
+        if target not in self.server.resources:
+            raise InvalidTargetError(f"unknown audience or resource: {target}")
+        requested = scope_set(self.request.payload.scope)
+        if not requested <= scope_set(subject.scope):
+            raise InvalidScopeError("the requested scope is wider than the subject token's")
+        scope = (requested or scope_set(subject.scope)) & self.server.resources[target].scopes
+        if not scope:
+            raise InvalidScopeError(f"no scope of the subject token applies to {target}")
+        self.request.client = client
+        self.request.exchange = (subject, target, scope_str(scope))
+
+    def create_token_response(self):
+        subject, target, scope = self.request.exchange
+        spec = GrantSpec(self.client.client_id, subject.username, scope, target)
+        spec.actor = self.client.client_id
+        body, issued = self.server.issuer.issue(
+            client_id=spec.client_id,
+            username=spec.username,
+            scope=scope,
+            resource=target,
+            actor=spec.actor,
+            with_refresh=False,
+        )
+        self.server.store.save_grant(spec, issued)
+        body["issued_token_type"] = ACCESS_TOKEN_TYPE
         return 200, body, self.TOKEN_RESPONSE_HEADER
 
 
@@ -461,6 +517,7 @@ def register_grants_and_endpoints(server: AuthorizationServer) -> None:
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
     server.register_grant(DeviceGrant)
+    server.register_grant(TokenExchangeGrant)
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)
     server.register_endpoint(ClientRegistration)

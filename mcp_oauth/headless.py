@@ -120,8 +120,9 @@ async def authorize_with_password(
 
 def _pick_form(page: _FormParser, response: httpx.Response) -> Form:
     if not page.forms:
+        status = response.status_code
         raise HeadlessLoginError(
-            " ".join(page.errors) or f"unexpected page from the provider (HTTP {response.status_code})"
+            " ".join(page.errors) or f"unexpected page from the provider (HTTP {status})"
         )
     return page.forms[0]
 

@@ -35,6 +35,7 @@ GRANT_TYPES = [
     "refresh_token",
     "client_credentials",
     "urn:ietf:params:oauth:grant-type:device_code",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
 ]
 
 
@@ -138,6 +139,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
             "registration_endpoint": f"{base}/register",
             "device_authorization_endpoint": f"{base}/device_authorization",
             "jwks_uri": f"{base}/jwks.json",
+            "userinfo_endpoint": f"{base}/userinfo",
             "scopes_supported": self.scopes_supported,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],

@@ -40,7 +40,9 @@ class Browser:
         return self.http.post("/authorize", data=fields)
 
 
-def auth_params(scope: str = "read write", resource: str | None = None, **overrides) -> tuple[dict, str]:
+def auth_params(
+    scope: str = "read write", resource: str | None = None, **overrides
+) -> tuple[dict, str]:
     """Authorization request parameters with a fresh PKCE pair; returns (params, verifier)."""
     verifier, challenge = pkce_pair()
     params = {

@@ -172,7 +172,12 @@ def test_implicit_flow_does_not_exist(provider, alice):
 def test_password_grant_does_not_exist(provider):
     response = httpx.post(
         f"{provider.url}/token",
-        data={"grant_type": "password", "username": "alice", "password": "password123", "client_id": CLIENT_ID},
+        data={
+            "grant_type": "password",
+            "username": "alice",
+            "password": "password123",
+            "client_id": CLIENT_ID,
+        },
     )
     assert response.status_code == 400 and response.json()["error"] == "unsupported_grant_type"
 
@@ -221,7 +226,12 @@ def test_token_request_cannot_switch_resource(provider, alice):
 def refresh(provider, refresh_token: str, **extra) -> httpx.Response:
     return httpx.post(
         f"{provider.url}/token",
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLIENT_ID, **extra},
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": CLIENT_ID,
+            **extra,
+        },
     )
 
 
@@ -262,7 +272,11 @@ def test_token_responses_are_not_cached(provider, alice):
 
 
 def test_token_errors_follow_rfc6749_section_5_2(provider):
-    response = httpx.post(f"{provider.url}/token", data={"grant_type": "client_credentials"}, auth=("mcp-resource-server", "wrong"))
+    response = httpx.post(
+        f"{provider.url}/token",
+        data={"grant_type": "client_credentials"},
+        auth=("mcp-resource-server", "wrong"),
+    )
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     assert response.headers["www-authenticate"].startswith("Basic")
@@ -291,8 +305,13 @@ def test_client_credentials_for_confidential_clients_only(provider):
     )
     assert ok.status_code == 200 and "refresh_token" not in ok.json()
     assert introspect(provider, ok.json()["access_token"])["aud"] == provider.resource
-    public = httpx.post(f"{provider.url}/token", data={"grant_type": "client_credentials", "client_id": CLIENT_ID})
-    assert public.status_code in (400, 401) and public.json()["error"] in ("invalid_client", "unauthorized_client")
+    public = httpx.post(
+        f"{provider.url}/token", data={"grant_type": "client_credentials", "client_id": CLIENT_ID}
+    )
+    assert public.status_code in (400, 401) and public.json()["error"] in (
+        "invalid_client",
+        "unauthorized_client",
+    )
 
 
 def test_tokens_are_long_random_strings(provider, alice):
@@ -362,7 +381,9 @@ def test_login_page_fields_and_security_headers(provider):
 def test_login_without_csrf_token_is_refused(provider):
     browser = Browser(provider.url)
     browser.http.get("/device")
-    response = browser.http.post("/login", data={"username": "alice", "password": "password123", "next": "/device"})
+    response = browser.http.post(
+        "/login", data={"username": "alice", "password": "password123", "next": "/device"}
+    )
     assert response.status_code == 400 and "expired" in response.text
 
 
@@ -371,7 +392,10 @@ def test_wrong_password_and_unknown_user_get_the_same_message(provider):
     wrong = browser.sign_in("alice", "nope")
     unknown = browser.sign_in("mallory", "nope")
     assert wrong.status_code == unknown.status_code == 401
-    assert "Wrong username or password." in wrong.text and "Wrong username or password." in unknown.text
+    assert (
+        "Wrong username or password." in wrong.text
+        and "Wrong username or password." in unknown.text
+    )
 
 
 def test_consent_page_names_client_host_and_scopes_and_deny_redirects(provider, alice):
@@ -416,7 +440,14 @@ def test_metadata_documents(provider):
     assert rfc8414["response_types_supported"] == ["code"]
     assert rfc8414["code_challenge_methods_supported"] == ["S256"]
     assert rfc8414["authorization_response_iss_parameter_supported"] is True
-    for key in ("authorization", "token", "introspection", "revocation", "registration", "device_authorization"):
+    for key in (
+        "authorization",
+        "token",
+        "introspection",
+        "revocation",
+        "registration",
+        "device_authorization",
+    ):
         assert rfc8414[f"{key}_endpoint"].startswith(provider.url)
     assert "password" not in rfc8414["grant_types_supported"]
     assert "implicit" not in rfc8414["grant_types_supported"]
@@ -438,7 +469,9 @@ def test_dynamic_registration_as_mcp_clients_do_it(provider, alice):
     assert response.status_code == 201, response.text
     client = response.json()
     assert "client_secret" not in client and "made_up_metadata" not in client
-    code, verifier, _ = code_for(alice, client_id=client["client_id"], redirect_uri="http://127.0.0.1:40000/callback")
+    code, verifier, _ = code_for(
+        alice, client_id=client["client_id"], redirect_uri="http://127.0.0.1:40000/callback"
+    )
     token = httpx.post(
         f"{provider.url}/token",
         data={
@@ -454,16 +487,29 @@ def test_dynamic_registration_as_mcp_clients_do_it(provider, alice):
 
 @pytest.mark.parametrize(
     "uri",
-    ["http://app.example/cb", "https://app.example/cb#frag", "javascript:alert(1)", "https://user@app.example/cb", "myapp:/cb"],
+    [
+        "http://app.example/cb",
+        "https://app.example/cb#frag",
+        "javascript:alert(1)",
+        "https://user@app.example/cb",
+        "myapp:/cb",
+    ],
 )
 def test_registration_refuses_unsafe_redirect_uris(provider, uri):
-    response = httpx.post(f"{provider.url}/register", json={"redirect_uris": [uri], "token_endpoint_auth_method": "none"})
+    response = httpx.post(
+        f"{provider.url}/register",
+        json={"redirect_uris": [uri], "token_endpoint_auth_method": "none"},
+    )
     assert response.status_code == 400
     assert response.json()["error"] in ("invalid_redirect_uri", "invalid_client_metadata")
 
 
 def test_registration_refuses_non_json(provider):
-    response = httpx.post(f"{provider.url}/register", content=b"{not json", headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{provider.url}/register",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400 and response.json()["error"] == "invalid_request"
 
 
@@ -482,7 +528,11 @@ def device_start(provider, scope="read write") -> dict:
 def device_poll(provider, device_code: str) -> httpx.Response:
     return httpx.post(
         f"{provider.url}/token",
-        data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": device_code, "client_id": CLIENT_ID},
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": device_code,
+            "client_id": CLIENT_ID,
+        },
     )
 
 
@@ -523,7 +573,8 @@ def test_device_flow_denied(provider, bob):
 def test_restart_keeps_tokens_and_clients(provider, alice):
     tokens = tokens_for(provider, alice)
     registered = httpx.post(
-        f"{provider.url}/register", json={"redirect_uris": ["https://app.example/cb"], "client_name": "kept"}
+        f"{provider.url}/register",
+        json={"redirect_uris": ["https://app.example/cb"], "client_name": "kept"},
     ).json()
     provider.restart()
     assert introspect(provider, tokens["access_token"])["active"] is True
@@ -541,6 +592,8 @@ def test_admin_api_lists_and_revokes_for_resource_servers_only(provider, bob):
     assert denied.status_code == 401
     grants = httpx.get(f"{provider.url}/admin/grants", auth=RS_AUTH).json()["grants"]
     assert any(g["username"] == "bob" for g in grants)
-    revoked = httpx.post(f"{provider.url}/admin/revoke-user", data={"username": "bob"}, auth=RS_AUTH)
+    revoked = httpx.post(
+        f"{provider.url}/admin/revoke-user", data={"username": "bob"}, auth=RS_AUTH
+    )
     assert revoked.status_code == 200 and revoked.json()["revoked"] >= 1
     assert introspect(provider, token) == {"active": False}
