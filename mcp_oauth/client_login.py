@@ -1,0 +1,172 @@
+"""One account's standing with one MCP server: the token it holds and how it gets a better one.
+
+`Login` is asked for the current access token before every request. It refreshes that token
+shortly before it expires (rotating refresh tokens: the new one is stored), signs in again
+when the server answers 401, and steps up when the server answers 403 insufficient_scope —
+asking the provider at most once for any scope, because the provider grants only the scopes
+the account is allowed (requested ∩ allowed) and asking again would change nothing.
+Everything it learns is written to the token cache, so the next run starts where this one ended.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx2
+from mcp.client.auth.utils import (
+    extract_scope_from_www_auth,
+    get_client_metadata_scopes,
+    union_scopes,
+)
+
+from .client_discovery import discover
+from .client_errors import ClientError
+from .client_grants import ClientRejected, Endpoints, OAuthErrorResponse, explain
+from .client_identity import ClientIdentity
+from .client_login_modes import AuthorizationRequest, LoginMode
+from .client_token_cache import SavedLogin, TokenCache
+
+
+class NotAllowed(ClientError):
+    """The provider would not grant a scope this account needs."""
+
+    def __init__(self, account: str, scope: str, granted: str):
+        self.scope = scope
+        self.granted = granted
+        super().__init__(
+            f"{account} is not allowed scope '{scope}' "
+            f"(the provider granted: {granted or 'nothing'})",
+            "ask the provider's administrator to add it to the account in users.yaml",
+        )
+
+
+class Login:
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        server_url: str,
+        cache: TokenCache,
+        mode: LoginMode,
+        identity: ClientIdentity,
+        account: str,
+        scope: str | None = None,
+    ):
+        self.http = http
+        self.account = account
+        """Who is signing in, as messages name them (--user, or what the server said)."""
+        self.server_url = server_url
+        self.cache = cache
+        self.mode = mode
+        self.identity = identity
+        self.scope = scope
+        self.saved: SavedLogin | None = cache.load()
+
+    @property
+    def access_token(self) -> str | None:
+        tokens = self.saved.tokens if self.saved else None
+        return tokens.access_token if tokens else None
+
+    def endpoints(self, saved: SavedLogin) -> Endpoints:
+        return Endpoints(self.http, saved.metadata, saved.client, saved.resource)
+
+    async def refresh_if_due(self) -> None:
+        """Refresh ahead of expiry; a refused refresh drops the tokens so the next 401 signs in."""
+        saved = self.saved
+        if saved is None or saved.tokens is None or saved.refresh_at is None:
+            return
+        if time.time() < saved.refresh_at:
+            return
+        if saved.tokens.refresh_token is None:
+            saved.tokens = None
+            return
+        try:
+            saved.store_tokens(await self.endpoints(saved).refresh(saved.tokens.refresh_token))
+        except OAuthErrorResponse:
+            saved.tokens = None  # expired or revoked: a fresh sign-in follows on the 401
+        self.cache.save(saved)
+
+    async def recover(self, challenge: httpx2.Response) -> None:
+        """The server refused the token (401): refresh it if we can, else sign in again."""
+        if self.saved and self.saved.tokens and self.saved.tokens.refresh_token:
+            self.saved.refresh_at = 0.0
+            await self.refresh_if_due()
+            if self.access_token:
+                return
+        await self.sign_in(challenge)
+
+    async def sign_in(self, challenge: httpx2.Response) -> None:
+        """Discover the provider from the 401, pick a client identity, and let the user sign in.
+
+        A registration remembered from an earlier run may be gone (the provider's database was
+        reset): then the client registers anew, once.
+        """
+        found = await discover(self.http, self.server_url, challenge)
+        registered = self.saved.client if self.saved else None
+        client = await self.identity.resolve(self.http, found.metadata, registered)
+        scope = self.scope or get_client_metadata_scopes(
+            extract_scope_from_www_auth(challenge),
+            found.resource_metadata,
+            found.metadata,
+            client.grant_types,
+        )
+        saved = SavedLogin(resource=found.resource, metadata=found.metadata, client=client)
+        try:
+            await self._authorize(saved, scope)
+        except ClientRejected:
+            if client is not registered:
+                raise
+            saved.client = await self.identity.resolve(self.http, found.metadata, None)
+            await self._authorize(saved, scope)
+
+    async def step_up(self, challenge: httpx2.Response) -> None:
+        """403 insufficient_scope: ask once for what we hold plus what the server wants.
+
+        Raises NotAllowed when the scope was already asked for, or the provider still does not
+        grant it — the account is simply not allowed it, and asking again would loop.
+        """
+        saved = self.saved
+        needed = extract_scope_from_www_auth(challenge) or ""
+        if saved is None or saved.tokens is None:
+            raise ClientError("the server wants a scope but no sign-in is held", "sign in again")
+        asked = set((saved.requested_scope or "").split()) | set(saved.granted_scope.split())
+        if not set(needed.split()) <= asked:
+            await self._authorize(saved, union_scopes(" ".join(sorted(asked)), needed))
+        missing = set(needed.split()) - set(saved.granted_scope.split())
+        if missing:
+            raise NotAllowed(self.account, " ".join(sorted(missing)), saved.granted_scope)
+
+    async def _authorize(self, saved: SavedLogin, scope: str | None) -> None:
+        request = AuthorizationRequest(self.endpoints(saved), scope)
+        try:
+            tokens = await self.mode.authorize(request)
+        except OAuthErrorResponse as failure:
+            if failure.error == "invalid_client":
+                unknown = explain(failure, "signing in")
+                raise ClientRejected(unknown.cause, unknown.fix) from failure
+            known = set(saved.metadata.scopes_supported or [])
+            if failure.error == "invalid_scope" and scope and set(scope.split()) <= known:
+                raise NotAllowed(self.account, scope, "") from failure  # requested ∩ allowed = ∅
+            raise explain(failure, "signing in") from failure
+        saved.store_tokens(tokens, requested_scope=scope)
+        self.saved = saved
+        self.cache.save(saved)
+
+    async def logout(self) -> bool:
+        """Revoke both tokens (RFC 7009) and forget them; False when nothing was cached."""
+        saved = self.saved
+        if saved is None:
+            return False
+        if saved.tokens is not None:
+            endpoints = self.endpoints(saved)
+            try:
+                if saved.tokens.refresh_token:
+                    await endpoints.revoke(saved.tokens.refresh_token, "refresh_token")
+                await endpoints.revoke(saved.tokens.access_token, "access_token")
+            except OAuthErrorResponse as failure:
+                raise ClientError(
+                    f"the provider refused to revoke the tokens: {failure}",
+                    f"delete {self.cache.path} to forget them; they expire on their own",
+                ) from failure
+        self.cache.delete()
+        self.saved = None
+        return True

@@ -1,0 +1,233 @@
+"""The three ways a person signs in: system browser, password typed into the provider's forms
+by the client itself (headless), or a code entered on another device.
+
+Browser and headless are the same authorization code flow (RFC 6749 §4.1 with PKCE S256,
+RFC 7636; `resource`, RFC 8707; the `iss` check, RFC 9207) and differ only in who walks
+through the provider's pages: a person in their browser, reaching our loopback callback
+(RFC 8252 §7.3), or `mcp_oauth.headless` filling in the same forms over HTTP. The device
+mode is RFC 8628: show a code, poll until the person has approved it elsewhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import webbrowser
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import anyio
+import httpx
+import uvicorn
+from mcp.client.auth import OAuthFlowError, PKCEParameters
+from mcp.client.auth.utils import validate_authorization_response_iss
+from mcp.shared.auth import OAuthToken
+from rich.console import Console
+from rich.panel import Panel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from . import headless
+from .client_errors import ClientError, reaching
+from .client_grants import ClientRejected, Endpoints, OAuthErrorResponse
+from .client_identity import REGISTERED_REDIRECT_URI
+from .client_trace import Trace
+
+CALLBACK_PORT = 53682  # the loopback port tried first; any free one is fine for the provider
+SIGN_IN_TIMEOUT = 300.0
+
+UserAgent = Callable[[str], Awaitable[str]]
+"""Takes the authorization URL, walks the provider's pages, returns the redirect URL it ends on."""
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """What to ask for and from whom: one client at one provider, for one resource."""
+
+    endpoints: Endpoints
+    scope: str | None
+
+
+class LoginMode(Protocol):
+    async def authorize(self, request: AuthorizationRequest) -> OAuthToken: ...
+
+
+async def authorization_code_flow(
+    request: AuthorizationRequest, redirect_uri: str, user_agent: UserAgent
+) -> OAuthToken:
+    """RFC 6749 §4.1 with PKCE S256, `state`, `resource` and the RFC 9207 `iss` check."""
+    endpoints = request.endpoints
+    pkce = PKCEParameters.generate()
+    state = secrets.token_urlsafe(32)
+    params = {
+        "response_type": "code",
+        "client_id": endpoints.client.client_id,
+        "redirect_uri": redirect_uri,
+        "state": state,
+        "code_challenge": pkce.code_challenge,
+        "code_challenge_method": "S256",
+        "resource": endpoints.resource,
+    } | ({"scope": request.scope} if request.scope else {})
+    url = f"{endpoints.metadata.authorization_endpoint}?{urlencode(params)}"
+    await check_authorization_request(endpoints, url)
+    answer = dict(parse_qsl(urlsplit(await user_agent(url)).query))
+    try:
+        validate_authorization_response_iss(answer.get("iss"), endpoints.metadata)
+    except OAuthFlowError as exc:
+        raise ClientError(
+            f"the sign-in answer names issuer {answer.get('iss')!r}, "
+            f"not {endpoints.metadata.issuer} (RFC 9207: a possible mix-up attack)",
+            "sign in again, and only through the provider the MCP server names",
+        ) from exc
+    if answer.get("state") != state:
+        raise ClientError(
+            "the sign-in answer does not belong to this request (state mismatch)",
+            "sign in again from a fresh run; close older sign-in tabs",
+        )
+    if "error" in answer:
+        raise OAuthErrorResponse(answer["error"], answer.get("error_description"))
+    if "code" not in answer:
+        raise ClientError("the sign-in answer carries no authorization code", "sign in again")
+    return await endpoints.exchange_code(answer["code"], redirect_uri, pkce.code_verifier)
+
+
+async def check_authorization_request(endpoints: Endpoints, url: str) -> None:
+    """Ask once before anyone walks the pages: a provider shows an error page, rather than
+    redirecting back, when it cannot trust the request — an unknown client id or redirect URI
+    (RFC 6749 §4.1.2.1) — and a person would be stuck on it while the client waits."""
+    with reaching("authorization server", url, "start it (python oauth_provider.py)"):
+        answer = await endpoints.http.get(url)
+    if answer.status_code >= 400:
+        why = " ".join(headless.parse_page(answer.text).errors) or f"HTTP {answer.status_code}"
+        raise ClientRejected(
+            f"the provider refused the sign-in request for client "
+            f"{endpoints.client.client_id!r}: {why}",
+            "check --client-id if you gave one; re-run with --trace to see the request",
+        )
+
+
+class BrowserLogin:
+    """Open the system browser (or print the URL to paste) and wait on a loopback callback."""
+
+    def __init__(self, console: Console, trace: Trace | None, open_browser: bool = True):
+        self.console = console
+        self.trace = trace
+        self.open_browser = open_browser
+
+    async def authorize(self, request: AuthorizationRequest) -> OAuthToken:
+        with loopback_socket() as sock:
+            redirect_uri = f"http://127.0.0.1:{sock.getsockname()[1]}/callback"
+            if self.trace:
+                self.trace.name(redirect_uri, "callback")
+
+            async def user_agent(url: str) -> str:
+                self.console.print("Sign in at this URL (opening your browser):", style="bold")
+                self.console.print(url, soft_wrap=True, highlight=False, markup=False)
+                if self.open_browser:
+                    webbrowser.open(url)
+                with self.console.status(f"Waiting for the sign-in to reach {redirect_uri} …"):
+                    return await wait_for_callback(sock, redirect_uri)
+
+            return await authorization_code_flow(request, redirect_uri, user_agent)
+
+
+def loopback_socket() -> socket.socket:
+    """A listening socket on 127.0.0.1: CALLBACK_PORT if free, else any free port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", CALLBACK_PORT))
+    except OSError:
+        sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+async def wait_for_callback(sock: socket.socket, redirect_uri: str) -> str:
+    """Serve the redirect URI until the browser arrives; the full URL it arrived at."""
+    arrived: list[str] = []
+
+    async def callback(request: Request) -> HTMLResponse:
+        arrived.append(f"{redirect_uri}?{request.url.query}")
+        server.should_exit = True
+        failed = "error" in request.query_params
+        return HTMLResponse(
+            "<!doctype html><title>MCP client</title><p>"
+            + ("Sign-in did not complete." if failed else "Signed in.")
+            + " You can close this tab and return to the terminal.</p>"
+        )
+
+    app = Starlette(routes=[Route("/callback", callback)])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    with anyio.move_on_after(SIGN_IN_TIMEOUT):
+        await server.serve(sockets=[sock])
+    if not arrived:
+        raise ClientError(
+            f"no sign-in reached {redirect_uri} within {SIGN_IN_TIMEOUT:.0f} s",
+            "run again and open the printed URL in a browser on this machine",
+        )
+    return arrived[0]
+
+
+class PasswordLogin:
+    """Headless: the client fills in the provider's own login and consent forms."""
+
+    def __init__(self, username: str, password: str, trace: Trace | None):
+        self.username = username
+        self.password = password
+        self.trace = trace
+
+    async def authorize(self, request: AuthorizationRequest) -> OAuthToken:
+        login_page = str(request.endpoints.metadata.authorization_endpoint)
+        try:
+            headless.check_password_transport(login_page)
+        except headless.HeadlessLoginError as exc:
+            raise ClientError(
+                f"refusing to send {self.username}'s password over plain http to "
+                f"{urlsplit(login_page).hostname}",
+                "use an https provider, or sign in with the browser (drop --password)",
+            ) from exc
+
+        async def user_agent(url: str) -> str:
+            hooks = self.trace.hooks() if self.trace else {}
+            async with httpx.AsyncClient(timeout=30, event_hooks=hooks) as forms:
+                with reaching("authorization server", url, "start it (python oauth_provider.py)"):
+                    try:
+                        return await headless.authorize_with_password(
+                            forms, url, self.username, self.password
+                        )
+                    except headless.WrongPasswordError as exc:
+                        raise ClientError(
+                            f"wrong password for {self.username}",
+                            "check --user and --password (the test accounts are in the README)",
+                        ) from exc
+                    except headless.HeadlessLoginError as exc:
+                        raise ClientError(
+                            f"the provider's sign-in pages refused: {exc}",
+                            "sign in with the browser instead (drop --password) to see why",
+                        ) from exc
+
+        return await authorization_code_flow(request, REGISTERED_REDIRECT_URI, user_agent)
+
+
+class DeviceLogin:
+    """RFC 8628: show the user code and where to enter it, then poll until it is approved."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    async def authorize(self, request: AuthorizationRequest) -> OAuthToken:
+        device = await request.endpoints.start_device_authorization(request.scope)
+        lines = [
+            f"On any device, open [bold]{device.verification_uri}[/bold]",
+            f"and enter the code  [bold reverse] {device.user_code} [/]",
+        ]
+        if device.verification_uri_complete:
+            lines.append(f"(or open {device.verification_uri_complete})")
+        self.console.print(Panel("\n".join(lines), title="Device sign-in", expand=False))
+        minutes = device.expires_in // 60
+        with self.console.status(f"Waiting for approval (the code expires in {minutes} min) …"):
+            return await request.endpoints.poll_device_token(device)

@@ -1,0 +1,158 @@
+"""The MCP connection, with every OAuth problem solved between requests, never inside one.
+
+The bearer token rides on each HTTP request (an httpx2 `Auth`), and a 401 or 403 is only
+noted there. The MCP transport turns such a refusal into a plain JSON-RPC error; this session
+sees that error, reads the noted challenge, lets `Login` recover (refresh or sign in again on
+401, step up on 403 insufficient_scope) and repeats the operation exactly once. Failing that,
+the user gets one line saying why — never a login loop, never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx2
+import mcp_types
+from fastmcp import Client
+from fastmcp.client.client import CallToolResult
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+from mcp.shared.exceptions import MCPError
+
+from .client_errors import ClientError
+from .client_login import Login
+from .client_trace import Trace
+
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """The MCP server answered 401 or 403; `answer` carries its WWW-Authenticate challenge."""
+
+    def __init__(self, answer: httpx2.Response):
+        super().__init__(f"HTTP {answer.status_code}")
+        self.answer = answer
+
+
+class BearerToken(httpx2.Auth):
+    """Sends Login's current access token and keeps the last error answer for the session."""
+
+    def __init__(self, login: Login):
+        self.login = login
+        self.refusal: httpx2.Response | None = None
+
+    async def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        if token := self.login.access_token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code >= 400:
+            self.refusal = response
+
+
+class McpSession:
+    """`async with McpSession(...) as mcp:` then `await mcp.list_tools()` / `mcp.call_tool()`."""
+
+    def __init__(self, login: Login, trace: Trace | None):
+        self.login = login
+        self.url = login.server_url
+        self.bearer = BearerToken(login)
+        self.hooks = trace.hooks() if trace else {}
+        self.client: Client | None = None
+
+    async def __aenter__(self) -> McpSession:
+        await self._authorized(self._connect)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+
+    async def list_tools(self) -> list[mcp_types.Tool]:
+        return await self._authorized(lambda: self._connected().list_tools())
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+        return await self._authorized(
+            lambda: self._connected().call_tool(name, arguments, raise_on_error=False)
+        )
+
+    def _connected(self) -> Client:
+        assert self.client is not None, "use McpSession as an async context manager"
+        return self.client
+
+    async def _connect(self) -> None:
+        transport = StreamableHttpTransport(
+            self.url, auth=self.bearer, httpx_client_factory=self._http_client
+        )
+        client = Client(transport)
+        await client.__aenter__()
+        self.client = client
+
+    def _http_client(self, **options: Any) -> httpx2.AsyncClient:
+        options.pop("follow_redirects", None)  # the MCP transport follows same-origin ones itself
+        if options.get("timeout") is None:
+            options["timeout"] = httpx2.Timeout(
+                MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT
+            )
+        return httpx2.AsyncClient(event_hooks=self.hooks, **options)
+
+    async def _authorized(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation`; after a 401 let Login sign in, after a 403 let it step up, each at
+        most once, and run it again — three attempts at most, so never a loop."""
+        await self.login.refresh_if_due()
+        recovered: set[int] = set()
+        while True:
+            try:
+                return await self._attempt(operation)
+            except Refused as refused:
+                status = refused.answer.status_code
+                if status in recovered:
+                    raise ClientError(
+                        f"{self.url} still refuses after signing in (HTTP {status}: "
+                        f"{refused.answer.headers.get('www-authenticate', '')})",
+                        "check that the MCP server and the provider agree on the resource URL",
+                    ) from refused
+                recovered.add(status)
+                if status == 401:
+                    await self.login.recover(refused.answer)
+                else:
+                    await self.login.step_up(refused.answer)
+
+    async def _attempt(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """The operation's result; Refused carries the 401/403 answer that stopped it."""
+        self.bearer.refusal = None
+        try:
+            return await operation()
+        except (MCPError, RuntimeError, httpx2.HTTPError) as exc:
+            answer = self.bearer.refusal
+            if answer is not None and answer.status_code in (401, 403):
+                raise Refused(answer) from exc
+            raise self._explain(exc, answer) from exc
+
+    def _explain(self, exc: Exception, answer: httpx2.Response | None) -> ClientError:
+        if answer is not None and answer.status_code == 503:
+            return ClientError(
+                f"the MCP server at {self.url} cannot reach its authorization server (HTTP 503)",
+                "start the provider (python oauth_provider.py) and try again",
+            )
+        if answer is not None:
+            return ClientError(
+                f"{self.url} is not an MCP server "
+                f"(HTTP {answer.status_code} {answer.reason_phrase})",
+                "point --url at the MCP endpoint, e.g. http://localhost:8000/mcp",
+            )
+        if isinstance(exc, MCPError):
+            return ClientError(
+                f"the MCP server refused the request: {exc}",
+                "check the tool name and its arguments ('tools' lists them)",
+            )
+        if isinstance(exc.__cause__, httpx2.TransportError) or isinstance(exc, httpx2.HTTPError):
+            return ClientError(
+                f"cannot reach the MCP server at {self.url} ({exc.__cause__ or exc})",
+                "start it (python mcp_resource_server.py) or pass the right --url",
+            )
+        return ClientError(
+            f"the MCP connection to {self.url} failed: {exc}", "re-run with --trace to see why"
+        )
