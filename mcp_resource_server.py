@@ -1,0 +1,319 @@
+"""MCP resource server: tools guarded by OAuth 2.0 scopes, tokens checked with the provider.
+
+    python mcp_resource_server.py            # MCP over streamable HTTP at http://localhost:8000/mcp
+
+A client that calls a protected tool without a token gets a 401 whose WWW-Authenticate header
+points at this server's protected resource metadata (RFC 9728), which names the authorization
+server to log in at. With a token, each request is checked by introspecting the token at that
+server (cached), and each tool call against the scope the tool needs: a missing scope is a 403
+insufficient_scope the client can step up from.
+
+To add a tool, write a function in the "Tools" section below and put `@tool(scope=...)` on it:
+an OAuth scope from SCOPES, SIGNED_IN (any valid token) or PUBLIC (no token at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import uvicorn
+from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mcp_oauth.provider_discovery import Provider, ProviderError
+from mcp_oauth.resource_store import ResourceStore
+from mcp_oauth.scope_challenge import (
+    PUBLIC,
+    SIGNED_IN,
+    Challenges,
+    OAuthGate,
+    ToolScopes,
+    protected_resource_routes,
+    resource_metadata_path,
+)
+from mcp_oauth.token_verifier import IntrospectionVerifier, current_caller
+
+log = logging.getLogger("mcp_resource_server")
+
+# --- Settings ----------------------------------------------------------------------------------
+
+DEV_CLIENT_SECRET = "dev-mcp-resource-server-secret"  # the provider's development default
+
+ENVIRONMENT_HELP = f"""\
+environment:
+  OAUTH_PROVIDER_URL             issuer URL of the authorization server; its endpoints are
+                                 discovered from its metadata (default http://localhost:9000)
+  MCP_SERVER_URL                 public URL of the MCP endpoint: the resource tokens must name
+                                 in `aud`, and its path is where MCP is served
+                                 (default http://localhost:8000/mcp)
+  MCP_RS_CLIENT_ID               this server's client id at the provider, used to introspect
+                                 tokens and call the admin API (default mcp-resource-server)
+  MCP_RS_CLIENT_SECRET           its secret (default: the provider's development default
+                                 {DEV_CLIENT_SECRET!r}, with a warning at start)
+  MCP_INTROSPECTION_CACHE_TTL    seconds a token's positive introspection answer is reused
+                                 (default 60, never beyond the token's expiry): longer means
+                                 fewer provider calls, but a revoked token keeps working that long
+  MCP_INTROSPECTION_REFUSAL_TTL  seconds a refused token stays refused without asking again
+                                 (default 5)
+  MCP_INTROSPECTION_CACHE_SIZE   most tokens kept in the cache (default 10000)
+  MCP_DATABASE_URL               SQLAlchemy URL of this server's own records and notes
+                                 (default sqlite:///data/mcp_resource_server.db)
+"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    provider_url: str
+    server_url: str
+    client_id: str
+    client_secret: str
+    cache_ttl: float
+    refusal_ttl: float
+    cache_size: int
+    database_url: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        try:
+            return cls(
+                provider_url=env("OAUTH_PROVIDER_URL", "http://localhost:9000"),
+                server_url=env("MCP_SERVER_URL", "http://localhost:8000/mcp"),
+                client_id=env("MCP_RS_CLIENT_ID", "mcp-resource-server"),
+                client_secret=env("MCP_RS_CLIENT_SECRET", DEV_CLIENT_SECRET),
+                cache_ttl=float(env("MCP_INTROSPECTION_CACHE_TTL", "60")),
+                refusal_ttl=float(env("MCP_INTROSPECTION_REFUSAL_TTL", "5")),
+                cache_size=int(env("MCP_INTROSPECTION_CACHE_SIZE", "10000")),
+                database_url=env("MCP_DATABASE_URL", "sqlite:///data/mcp_resource_server.db"),
+            )
+        except ValueError as exc:
+            raise SystemExit(f"mcp_resource_server: bad numeric setting: {exc}") from None
+
+
+settings = Settings.from_env()
+
+# --- The authorization server, the token verifier, our own data -------------------------------
+
+# One HTTP client for every call to the provider, so connections are set up once and reused.
+http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+provider = Provider(settings.provider_url, settings.client_id, settings.client_secret, http)
+verifier = IntrospectionVerifier(
+    provider,
+    settings.server_url,
+    cache_ttl=settings.cache_ttl,
+    refusal_ttl=settings.refusal_ttl,
+    cache_size=settings.cache_size,
+)
+store = ResourceStore(settings.database_url)
+
+
+@asynccontextmanager
+async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
+    if settings.client_secret == DEV_CLIENT_SECRET:
+        log.warning("MCP_RS_CLIENT_SECRET is not set: using the development default secret")
+    store.create_tables()
+    await scopes.check_complete()
+    try:
+        await provider.metadata()
+    except ProviderError:
+        log.warning("Starting without the authorization server; will discover it on first need")
+    try:
+        yield
+    finally:
+        log.info("Token cache counters at shutdown: %s", verifier.metrics())
+        await http.aclose()
+
+
+mcp = FastMCP(
+    "mcp-oauth resource server",
+    instructions="Per-user records and notes, guarded by OAuth scopes read, write and admin.",
+    lifespan=lifespan,
+    mask_error_details=True,  # an unexpected exception reaches the client as a generic error
+)
+
+# --- Tools, each with the scope it needs -------------------------------------------------------
+
+SCOPES = {
+    "read": "read your own records and notes",
+    "write": "create, change and delete your own records and notes",
+    "admin": "see who holds active grants, and revoke a user's tokens",
+}
+scopes = ToolScopes(mcp, SCOPES)
+tool = scopes.tool
+
+Key = Annotated[str, Field(min_length=1, max_length=100, description="Name of the record")]
+Text = Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+@tool(scope=PUBLIC)
+def public_info() -> dict[str, Any]:
+    """What this server is and where to sign in; needs no token."""
+    return {
+        "server": mcp.name,
+        "resource": settings.server_url,
+        "authorization_server": settings.provider_url,
+        "scopes": SCOPES,
+        "tools": {entry["tool"]: entry["needs"] for entry in scopes.describe(granted=())},
+    }
+
+
+@tool(scope=SIGNED_IN)
+def get_user_profile() -> dict[str, Any]:
+    """Who you are according to your token: user, subject, scopes, client and expiry."""
+    caller = current_caller()
+    expires = caller.expires_at
+    return {
+        "username": caller.username,
+        "subject": caller.subject,
+        "scopes": sorted(caller.scopes),
+        "client_id": caller.client_id,
+        "token_expires_at": datetime.fromtimestamp(expires, UTC).isoformat() if expires else None,
+        "token_expires_in": max(0, int(expires - time.time())) if expires else None,
+    }
+
+
+@tool(scope=SIGNED_IN)
+def list_available_resources() -> dict[str, Any]:
+    """Which tools your token's scopes let you call, and what the others would need."""
+    caller = current_caller()
+    return {"username": caller.username, "tools": scopes.describe(caller.scopes)}
+
+
+@tool(scope="read")
+def read_data(key: Key | None = None) -> dict[str, Any]:
+    """Your stored records: all of them, or the one named `key`."""
+    found = store.read_records(current_caller().owner, key)
+    if key is not None and not found:
+        raise ToolError(f"You have no record named {key!r}.")
+    return {"records": found}
+
+
+@tool(scope="write")
+def write_data(key: Key, value: Text) -> dict[str, Any]:
+    """Store `value` under `key` in your records, replacing what was there."""
+    return {"saved": store.write_record(current_caller().owner, key, value)}
+
+
+@tool(scope="write")
+def save_user_note(text: Text) -> dict[str, Any]:
+    """Save a note only you can see."""
+    return {"saved": store.save_note(current_caller().owner, text)}
+
+
+@tool(scope="read")
+def get_user_notes() -> dict[str, Any]:
+    """Your notes, oldest first."""
+    return {"notes": store.list_notes(current_caller().owner)}
+
+
+@tool(scope="write")
+def delete_user_note(note_id: int) -> dict[str, Any]:
+    """Delete one of your notes by its id."""
+    if not store.delete_note(current_caller().owner, note_id):
+        raise ToolError(f"You have no note with id {note_id}.")
+    return {"deleted": note_id}
+
+
+@tool(scope="admin")
+async def admin_operation(
+    action: Literal["list_grants", "revoke_user"], username: str | None = None
+) -> dict[str, Any]:
+    """List who holds active grants, or revoke every token of `username`.
+
+    Done through the provider's admin API with this server's own credentials; the caller's
+    token is never sent anywhere.
+    """
+    try:
+        if action == "list_grants":
+            grants = (await provider.active_grants()).get("grants", [])
+            users = sorted({g["username"] for g in grants if g.get("username")})
+            return {"users": users, "grants": grants}
+        if not username:
+            raise ToolError("revoke_user needs the username whose tokens to revoke.")
+        return await provider.revoke_user(username)
+    except ProviderError as exc:
+        raise ToolError(f"Admin operation failed: {exc}") from None
+
+
+# --- HTTP endpoints besides MCP ----------------------------------------------------------------
+
+
+@mcp.custom_route("/metrics", methods=["GET"])
+async def metrics(_request: Request) -> JSONResponse:
+    """Token cache and introspection counters."""
+    return JSONResponse({"token_verifier": verifier.metrics()})
+
+
+def create_app() -> Starlette:
+    """The ASGI app: stateless streamable HTTP, the OAuth gate around it, RFC 9728 metadata."""
+    parts = urlsplit(settings.server_url)
+    path = parts.path or "/"
+    app = mcp.http_app(
+        path=path,
+        stateless_http=True,
+        host_origin_protection="auto",
+        allowed_hosts=[parts.netloc],
+    )
+    challenges = Challenges(
+        resource_metadata_url=f"{parts.scheme}://{parts.netloc}"
+        + resource_metadata_path(settings.server_url),
+        login_scope="read",
+    )
+    # The gate wraps the MCP route itself, so it guards exactly what that route serves.
+    route = next(r for r in app.router.routes if isinstance(r, Route) and r.path == path)
+    route.app = OAuthGate(route.app, verifier=verifier, tools=scopes, challenges=challenges)
+    app.router.routes.extend(
+        protected_resource_routes(
+            resource=settings.server_url,
+            provider=provider,
+            scopes=list(SCOPES),
+            resource_name=mcp.name,
+        )
+    )
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="MCP resource server guarded by OAuth 2.0 scopes.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("MCP_HOST", "localhost"),
+        help="interface to listen on (env MCP_HOST, default localhost)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MCP_PORT", "8000")),
+        help="port to listen on (env MCP_PORT, default 8000)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for chatty in ("httpx", "mcp.server.streamable_http"):  # a line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    log.info("MCP endpoint %s, authorization server %s", settings.server_url, settings.provider_url)
+    uvicorn.run(create_app(), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

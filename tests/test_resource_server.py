@@ -1,0 +1,446 @@
+"""The MCP resource server against the real provider, over real HTTP.
+
+Both servers run as subprocesses on free ports; users sign in through the provider's real
+login and consent pages (authorization code flow with PKCE). Tool calls go through a real MCP
+client; exact status codes and headers are checked with raw httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+
+from mcp_oauth.headless import obtain_tokens
+from mcp_oauth.scope_challenge import PUBLIC, SIGNED_IN, ToolScopes, satisfied
+from tests.support import ServerProcess, free_port
+
+RS_SECRET = "rs-test-secret-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+CACHE_TTL = 2  # seconds: short, so revocation shows within a test
+PASSWORDS = {"alice": "password123", "bob": "secret456", "admin": "admin789"}
+
+
+@dataclass
+class Stack:
+    provider: ServerProcess
+    rs: ServerProcess
+    issuer: str
+    mcp_url: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        return self.mcp_url.removesuffix("/mcp")
+
+    @property
+    def metadata_url(self) -> str:
+        return f"{self.origin}/.well-known/oauth-protected-resource/mcp"
+
+    def login(self, username: str, resource: str | None = "", scope: str = "read write admin"):
+        """A new token response for `username` (resource defaults to this RS)."""
+        resource = self.mcp_url if resource == "" else resource
+        coro = obtain_tokens(
+            self.issuer, username, PASSWORDS[username], scope=scope, resource=resource
+        )
+        return asyncio.run(coro)
+
+    def token(self, username: str) -> str:
+        """A token for `username`, shared between tests until `forget` (after revocation)."""
+        if username not in self.tokens:
+            self.tokens[username] = self.login(username)["access_token"]
+        return self.tokens[username]
+
+    def forget(self, username: str) -> None:
+        self.tokens.pop(username, None)
+
+    def metrics(self) -> dict:
+        return httpx.get(f"{self.origin}/metrics").json()["token_verifier"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    tmp = tmp_path_factory.mktemp("resource_server")
+    provider_port, rs_port = free_port(), free_port()
+    issuer = f"http://127.0.0.1:{provider_port}"
+    mcp_url = f"http://127.0.0.1:{rs_port}/mcp"
+    provider = ServerProcess(
+        ["oauth_provider.py", "--host", "127.0.0.1", "--port", str(provider_port)]
+        + ["--issuer", issuer, "--database-url", f"sqlite:///{tmp}/oauth.db"],
+        {"OAUTH_RESOURCES": mcp_url, "MCP_RS_CLIENT_SECRET": RS_SECRET},
+        f"{issuer}/.well-known/oauth-authorization-server",
+        tmp / "provider.log",
+    ).start()
+    rs = ServerProcess(
+        ["mcp_resource_server.py", "--host", "127.0.0.1", "--port", str(rs_port)],
+        {
+            "OAUTH_PROVIDER_URL": issuer,
+            "MCP_SERVER_URL": mcp_url,
+            "MCP_RS_CLIENT_SECRET": RS_SECRET,
+            "MCP_INTROSPECTION_CACHE_TTL": str(CACHE_TTL),
+            "MCP_DATABASE_URL": f"sqlite:///{tmp}/rs/resource.db",
+        },
+        f"http://127.0.0.1:{rs_port}/metrics",
+        tmp / "rs.log",
+    ).start()
+    yield Stack(provider, rs, issuer, mcp_url)
+    rs.stop()
+    provider.stop()
+
+
+def rpc(stack: Stack, method: str, params: dict | None = None, token: str | None = None):
+    """One raw JSON-RPC POST to the MCP endpoint (stateless, no session needed)."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
+    return httpx.post(stack.mcp_url, json=body, headers=headers, timeout=30)
+
+
+def call(stack: Stack, tool: str, arguments: dict | None = None, token: str | None = None):
+    return rpc(stack, "tools/call", {"name": tool, "arguments": arguments or {}}, token)
+
+
+def result_of(response: httpx.Response) -> dict:
+    """The JSON-RPC message in a JSON or single-event SSE response."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1])
+    return response.json()
+
+
+async def tool_data(stack: Stack, username: str, tool: str, arguments: dict | None = None):
+    """Call a tool through a real MCP client as `username`; the tool's structured result."""
+    async with Client(stack.mcp_url, auth=stack.token(username)) as client:
+        return (await client.call_tool(tool, arguments or {})).data
+
+
+def use(stack: Stack, username: str, tool: str, arguments: dict | None = None):
+    return asyncio.run(tool_data(stack, username, tool, arguments))
+
+
+# -- the tool/scope table, pure --------------------------------------------------------------
+
+
+def test_requirement_of_each_message_kind():
+    table = ToolScopes.__new__(ToolScopes)
+    table.requirements = {"public_info": PUBLIC, "get_user_profile": SIGNED_IN, "read_data": "read"}
+
+    def tools_call(name):
+        return {"method": "tools/call", "params": {"name": name}}
+
+    assert table.requirement(tools_call("public_info")) is PUBLIC
+    assert table.requirement(tools_call("get_user_profile")) is SIGNED_IN
+    assert table.requirement(tools_call("read_data")) == "read"
+    assert table.requirement(tools_call("no_such_tool")) is SIGNED_IN  # never public by accident
+    assert table.requirement(tools_call(["read_data"])) is SIGNED_IN
+    for method in ["initialize", "server/discover", "ping", "tools/list", "notifications/x"]:
+        assert table.requirement({"method": method}) is PUBLIC
+    assert table.requirement({"method": "resources/read"}) is SIGNED_IN
+    assert table.requirement([tools_call("read_data")]) is PUBLIC  # a batch: the SDK refuses it
+
+
+def test_satisfied():
+    assert satisfied(PUBLIC, None) and satisfied(SIGNED_IN, []) and satisfied("read", ["read"])
+    assert not satisfied(SIGNED_IN, None) and not satisfied("write", ["read"])
+
+
+# -- discovery documents ---------------------------------------------------------------------
+
+
+def test_protected_resource_metadata_at_both_well_known_urls(stack):
+    issuer = httpx.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()["issuer"]
+    expected = {
+        "resource": stack.mcp_url,
+        "authorization_servers": [issuer],
+        "scopes_supported": ["read", "write", "admin"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "mcp-oauth resource server",
+    }
+    for url in [stack.metadata_url, f"{stack.origin}/.well-known/oauth-protected-resource"]:
+        response = httpx.get(url)
+        assert response.status_code == 200
+        assert response.json() == expected
+    assert issuer == stack.issuer  # verbatim: no trailing slash added
+
+
+# -- anonymous use ---------------------------------------------------------------------------
+
+
+def test_anonymous_client_initializes_lists_tools_and_calls_public_info(stack):
+    async def anonymous():
+        async with Client(stack.mcp_url) as client:
+            tools = {tool.name for tool in await client.list_tools()}
+            info = (await client.call_tool("public_info", {})).data
+            return tools, info
+
+    tools, info = asyncio.run(anonymous())
+    assert tools == {
+        "public_info",
+        "get_user_profile",
+        "list_available_resources",
+        "read_data",
+        "write_data",
+        "save_user_note",
+        "get_user_notes",
+        "delete_user_note",
+        "admin_operation",
+    }
+    assert info["resource"] == stack.mcp_url and info["tools"]["admin_operation"] == "scope admin"
+
+
+def test_anonymous_handshake_era_initialize_and_notification(stack):
+    init = rpc(
+        stack,
+        "initialize",
+        {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    )
+    assert init.status_code == 200
+    assert result_of(init)["result"]["serverInfo"]["name"] == "mcp-oauth resource server"
+    notification = httpx.post(
+        stack.mcp_url,
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={"Accept": "application/json, text/event-stream"},
+    )
+    assert notification.status_code == 202
+
+
+# -- challenges ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "scope"),
+    [("get_user_profile", "read"), ("read_data", "read"), ("admin_operation", "admin")],
+)
+def test_anonymous_protected_call_gets_401_naming_metadata_and_scope(stack, tool, scope):
+    response = call(stack, tool)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == (
+        f'Bearer resource_metadata="{stack.metadata_url}", scope="{scope}"'
+    )
+
+
+@pytest.mark.parametrize("method", ["tools/call", "tools/list"])
+def test_invalid_token_gets_401_invalid_token(stack, method):
+    response = rpc(stack, method, {"name": "read_data", "arguments": {}}, token="not-a-token")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == (
+        f'Bearer error="invalid_token", resource_metadata="{stack.metadata_url}", scope="read"'
+    )
+
+
+def test_missing_scope_gets_403_insufficient_scope(stack):
+    response = call(stack, "admin_operation", {"action": "list_grants"}, stack.token("alice"))
+    assert response.status_code == 403
+    assert response.headers["WWW-Authenticate"] == (
+        'Bearer error="insufficient_scope", scope="admin", '
+        f'resource_metadata="{stack.metadata_url}"'
+    )
+    bob = call(stack, "write_data", {"key": "k", "value": "v"}, stack.token("bob"))
+    assert bob.status_code == 403
+    challenge = bob.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope", scope="write"')
+
+
+# -- who may do what -------------------------------------------------------------------------
+
+ARGUMENTS = {
+    "get_user_profile": {},
+    "list_available_resources": {},
+    "read_data": {},
+    "get_user_notes": {},
+    "write_data": {"key": "matrix", "value": "x"},
+    "save_user_note": {"text": "matrix"},
+    "delete_user_note": {"note_id": 999_999},  # allowed, then a tool error: no such note
+    "admin_operation": {"action": "list_grants"},
+}
+ALLOWED = {
+    "alice": set(ARGUMENTS) - {"admin_operation"},
+    "bob": {"get_user_profile", "list_available_resources", "read_data", "get_user_notes"},
+    "admin": set(ARGUMENTS),
+}
+
+
+@pytest.mark.parametrize("username", ["alice", "bob", "admin"])
+def test_scope_matrix(stack, username):
+    token = stack.token(username)
+    for tool, arguments in ARGUMENTS.items():
+        response = call(stack, tool, arguments, token)
+        expected = 200 if tool in ALLOWED[username] else 403
+        assert response.status_code == expected, (username, tool, response.text)
+    tools = use(stack, username, "list_available_resources")["tools"]
+    assert {t["tool"] for t in tools if t["allowed"]} == ALLOWED[username] | {"public_info"}
+
+
+def test_profile_comes_from_the_token(stack):
+    profile = use(stack, "bob", "get_user_profile")
+    assert profile["username"] == "bob" and profile["subject"] == "bob"
+    assert profile["scopes"] == ["read"] and profile["client_id"] == "mcp-client"
+    assert 3000 < profile["token_expires_in"] <= 3600
+
+
+def test_each_user_sees_and_deletes_only_their_own_notes_and_data(stack):
+    alice_note = use(stack, "alice", "save_user_note", {"text": "alice's secret"})["saved"]
+    admin_note = use(stack, "admin", "save_user_note", {"text": "admin's secret"})["saved"]
+    use(stack, "alice", "write_data", {"key": "colour", "value": "green"})
+    use(stack, "admin", "write_data", {"key": "colour", "value": "red"})
+
+    def texts(username):
+        return {n["text"] for n in use(stack, username, "get_user_notes")["notes"]}
+
+    alice_sees, admin_sees, bob_sees = texts("alice"), texts("admin"), texts("bob")
+    assert "alice's secret" in alice_sees and "admin's secret" not in alice_sees
+    assert "admin's secret" in admin_sees and "alice's secret" not in admin_sees
+    assert not {"alice's secret", "admin's secret"} & bob_sees
+    assert use(stack, "alice", "read_data", {"key": "colour"})["records"][0]["value"] == "green"
+    assert use(stack, "admin", "read_data", {"key": "colour"})["records"][0]["value"] == "red"
+    with pytest.raises(ToolError, match="no record named 'colour'"):
+        use(stack, "bob", "read_data", {"key": "colour"})
+
+    for username, note in [("alice", admin_note), ("admin", alice_note)]:
+        with pytest.raises(ToolError, match=f"no note with id {note['id']}"):
+            use(stack, username, "delete_user_note", {"note_id": note["id"]})
+    assert use(stack, "alice", "delete_user_note", {"note_id": alice_note["id"]}) == {
+        "deleted": alice_note["id"]
+    }
+    assert "alice's secret" not in texts("alice") and "admin's secret" in texts("admin")
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("username", "tool", "arguments", "message"),
+    [
+        ("alice", "write_data", {"key": "", "value": "v"}, "at least 1 character"),
+        ("alice", "write_data", {"key": "k" * 101, "value": "v"}, "at most 100 characters"),
+        ("alice", "write_data", {"key": "k"}, "value"),
+        ("alice", "delete_user_note", {"note_id": "abc"}, "valid integer"),
+        ("alice", "save_user_note", {"text": 42}, "valid string"),
+        ("admin", "admin_operation", {"action": "drop_tables"}, "list_grants"),
+        ("admin", "admin_operation", {"action": "revoke_user"}, "needs the username"),
+        ("admin", "admin_operation", {"action": "revoke_user", "username": "zed"}, "unknown"),
+    ],
+)
+def test_bad_arguments_are_tool_errors_with_a_clear_message(
+    stack, username, tool, arguments, message
+):
+    with pytest.raises(ToolError, match=message):
+        use(stack, username, tool, arguments)
+
+
+def test_malformed_requests_never_get_a_5xx(stack):
+    token = stack.token("alice")
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}"}
+    for body in [b"{not json", b"[]", b'{"method": 7}', b'"x"', b"1" * 5000]:
+        response = httpx.post(stack.mcp_url, content=body, headers=headers)
+        assert response.status_code < 500, (body, response.status_code)
+    unknown = call(stack, "no_such_tool", {}, token)
+    assert unknown.status_code == 200
+    assert result_of(unknown)["result"]["isError"] is True
+    assert "Unknown tool" in result_of(unknown)["result"]["content"][0]["text"]
+    assert call(stack, "no_such_tool").status_code == 401
+
+
+# -- tokens the server must refuse -----------------------------------------------------------
+
+
+def test_token_for_another_audience_is_refused(stack):
+    other = stack.login("alice", resource="http://localhost:8000/mcp")["access_token"]
+    no_audience = stack.login("alice", resource=None)["access_token"]
+    for token in [other, no_audience]:
+        response = call(stack, "get_user_profile", {}, token)
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_refresh_token_is_not_an_access_token(stack):
+    refresh = stack.login("alice")["refresh_token"]
+    assert call(stack, "get_user_profile", {}, refresh).status_code == 401
+
+
+def test_revoked_token_stops_working_once_its_cache_entry_ends(stack):
+    tokens = stack.login("alice")
+    assert call(stack, "get_user_profile", {}, tokens["access_token"]).status_code == 200
+    revoked = httpx.post(
+        f"{stack.issuer}/revoke",
+        data={"token": tokens["access_token"], "client_id": "mcp-client"},
+    )
+    assert revoked.status_code == 200
+    deadline = time.monotonic() + CACHE_TTL + 3
+    while call(stack, "get_user_profile", {}, tokens["access_token"]).status_code == 200:
+        assert time.monotonic() < deadline, "revoked token still accepted after the cache TTL"
+        time.sleep(0.2)
+    assert call(stack, "get_user_profile", {}, tokens["access_token"]).status_code == 401
+
+
+def test_admin_lists_grants_and_revokes_a_users_tokens(stack):
+    bob = stack.token("bob")
+    assert call(stack, "get_user_profile", {}, bob).status_code == 200
+    grants = use(stack, "admin", "admin_operation", {"action": "list_grants"})
+    assert {"alice", "bob", "admin"} <= set(grants["users"])
+    answer = use(stack, "admin", "admin_operation", {"action": "revoke_user", "username": "bob"})
+    assert answer["username"] == "bob" and answer["revoked"] >= 1
+    stack.forget("bob")
+    time.sleep(CACHE_TTL + 0.5)
+    assert call(stack, "get_user_profile", {}, bob).status_code == 401
+
+
+# -- the provider as a dependency ------------------------------------------------------------
+
+
+def test_provider_down_means_503_with_retry_after_then_recovery_without_restart(stack):
+    cached = stack.token("admin")
+    assert call(stack, "get_user_profile", {}, cached).status_code == 200
+    fresh = stack.login("alice")["access_token"]  # never shown to the RS: not cached
+    stack.provider.stop()
+    try:
+        response = call(stack, "get_user_profile", {}, fresh)
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) >= 1
+        # A token checked moments ago is still served from the cache during the outage.
+        assert call(stack, "get_user_profile", {}, cached).status_code == 200
+    finally:
+        stack.provider.start()
+    deadline = time.monotonic() + 40
+    while (response := call(stack, "get_user_profile", {}, fresh)).status_code == 503:
+        assert time.monotonic() < deadline, "the RS did not recover after the provider came back"
+        time.sleep(min(int(response.headers["Retry-After"]), 2))
+    assert response.status_code == 200
+
+
+def test_concurrent_first_calls_share_one_introspection(stack):
+    token = stack.login("alice")["access_token"]
+    before = stack.metrics()
+
+    async def twenty_calls():
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {token}",
+        }
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "get_user_profile", "arguments": {}},
+        }
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await asyncio.gather(
+                *(http.post(stack.mcp_url, json=body, headers=headers) for _ in range(20))
+            )
+
+    responses = asyncio.run(twenty_calls())
+    assert [r.status_code for r in responses] == [200] * 20
+    after = stack.metrics()
+    assert after["introspections"] - before["introspections"] == 1
+    assert after["cache_misses"] - before["cache_misses"] == 20
+    assert after["shared_introspections"] - before["shared_introspections"] == 19

@@ -1,0 +1,153 @@
+"""The resource server's token rules where they are pure: no server, no network."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mcp_oauth.provider_discovery import Backoff, ProviderMetadata, metadata_urls
+from mcp_oauth.token_verifier import Grant, audiences, cache_key, entry_lifetime, refusal
+
+ISSUER = "http://127.0.0.1:9000"
+RESOURCE = "http://127.0.0.1:8000/mcp"
+NOW = 1_800_000_000.0
+
+
+def answer(**overrides) -> dict:
+    """An active introspection answer as our provider gives it, for RESOURCE."""
+    base = {
+        "active": True,
+        "scope": "read write",
+        "client_id": "mcp-client",
+        "username": "alice",
+        "sub": "alice",
+        "aud": RESOURCE,
+        "iss": ISSUER,
+        "exp": int(NOW) + 3600,
+        "iat": int(NOW),
+        "token_type": "Bearer",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def refused(a: dict) -> str | None:
+    return refusal(a, resource=RESOURCE, issuer=ISSUER, now=NOW)
+
+
+# -- what an introspection answer must say -------------------------------------------------
+
+
+def test_inactive_is_refused():
+    assert refused({"active": False}) == "inactive"
+    assert refused(answer(active="true")) == "inactive"  # only JSON true counts
+
+
+def test_audience_must_include_this_resource():
+    assert "audience" in refused(answer(aud="http://127.0.0.1:8001/mcp"))
+    assert "audience" in refused(answer(aud=None))  # a token requested without `resource`
+    assert "audience" in refused(answer(aud=["https://other.example/api"]))
+    assert refused(answer(aud=["https://other.example/api", RESOURCE])) is None
+    assert refused(answer(aud=RESOURCE + "/")) is None  # a trailing slash names the same URL
+
+
+def test_issuer_must_be_our_provider():
+    assert "issued by" in refused(answer(iss="http://evil.example"))
+    assert "issued by" in refused(answer(iss=None))
+    assert "issued by" in refused(answer(iss=ISSUER + "/"))  # RFC 8414: compared verbatim
+
+
+def test_expired_and_refresh_tokens_are_refused():
+    assert refused(answer(exp=int(NOW))) == "expired"
+    assert refused(answer(exp="tomorrow")) == "expired"
+    assert "token_type" in refused(answer(token_type="refresh_token"))
+    assert refused(answer(token_type="bearer")) is None
+
+
+def test_audiences_accepts_string_or_list_only():
+    assert audiences("a") == ["a"]
+    assert audiences(["a", 3, "b"]) == ["a", "b"]
+    assert audiences(None) == []
+    assert audiences({"a": 1}) == []
+
+
+# -- how long a cached answer lives ----------------------------------------------------------
+
+
+def test_entry_lives_the_ttl_when_the_token_lives_longer():
+    assert entry_lifetime(60, NOW + 3600, NOW) == 60
+
+
+def test_entry_never_outlives_the_token():
+    assert entry_lifetime(60, NOW + 12.5, NOW) == 12.5
+
+
+def test_entry_without_exp_lives_the_ttl():
+    assert entry_lifetime(60, None, NOW) == 60
+
+
+# -- the cache never holds the token ---------------------------------------------------------
+
+
+def test_cache_key_is_a_sha256_not_the_token():
+    token = "opaque-token-value-0123456789"
+    key = cache_key(token)
+    assert key == hashlib.sha256(token.encode()).digest()
+    assert token.encode() not in key and token not in key.hex()
+    assert cache_key(token) == key and cache_key(token + "x") != key
+
+
+def test_cached_grant_holds_no_token_but_hands_it_to_the_request():
+    grant = Grant.from_answer(answer(), RESOURCE)
+    assert "token" not in grant.__slots__
+    access = grant.access_token("the-token")
+    assert access.token == "the-token"
+    assert (access.client_id, access.subject, access.scopes) == (
+        "mcp-client",
+        "alice",
+        ["read", "write"],
+    )
+    assert access.resource == RESOURCE and access.claims["iss"] == ISSUER
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def test_metadata_urls_insert_the_issuer_path_then_fall_back_to_openid():
+    assert metadata_urls("https://sso.example/realms/x") == [
+        "https://sso.example/.well-known/oauth-authorization-server/realms/x",
+        "https://sso.example/realms/x/.well-known/openid-configuration",
+    ]
+    assert metadata_urls("http://localhost:9000") == [
+        "http://localhost:9000/.well-known/oauth-authorization-server",
+        "http://localhost:9000/.well-known/openid-configuration",
+    ]
+
+
+def test_metadata_keeps_the_issuer_verbatim_and_uses_the_named_introspection_endpoint():
+    keycloak = {
+        "issuer": "https://sso.example/realms/x",
+        "introspection_endpoint": "https://sso.example/realms/x/protocol/openid-connect/token/introspect",
+    }
+    metadata = ProviderMetadata.from_document(keycloak, "https://sso.example/realms/x")
+    assert metadata.issuer == "https://sso.example/realms/x"
+    assert metadata.introspection_endpoint.endswith("/protocol/openid-connect/token/introspect")
+    with pytest.raises(ValueError, match="issuer"):
+        ProviderMetadata.from_document(keycloak, "https://sso.example/realms/y")
+    with pytest.raises(ValueError, match="introspection_endpoint"):
+        ProviderMetadata.from_document(
+            {"issuer": "https://sso.example/realms/x"}, keycloak["issuer"]
+        )
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets_on_success():
+    now = [0.0]
+    backoff = Backoff(first=1, cap=4, clock=lambda: now[0])
+    assert backoff.remaining() == 0
+    assert [backoff.failed() for _ in range(4)] == [1, 2, 4, 4]
+    assert backoff.remaining() == 4
+    now[0] += 4
+    assert backoff.remaining() == 0
+    backoff.succeeded()
+    assert backoff.failed() == 1
