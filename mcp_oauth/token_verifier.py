@@ -85,11 +85,11 @@ class Grant:
 
     @classmethod
     def from_answer(cls, answer: dict[str, Any], resource: str) -> Grant:
-        exp = answer.get("exp")
+        exp, scope, sub = answer.get("exp"), answer.get("scope"), answer.get("sub")
         return cls(
             client_id=str(answer.get("client_id", "")),
-            scopes=str(answer.get("scope", "")).split(),
-            subject=answer.get("sub"),
+            scopes=scope.split() if isinstance(scope, str) else [],
+            subject=str(sub) if sub is not None else None,
             expires_at=int(exp) if exp is not None else None,
             resource=resource,
             claims=answer,

@@ -111,6 +111,11 @@ def test_cached_grant_holds_no_token_but_hands_it_to_the_request():
     assert access.resource == RESOURCE and access.claims["iss"] == ISSUER
 
 
+def test_grant_tolerates_odd_answer_shapes():
+    grant = Grant.from_answer(answer(scope=None, sub=42), RESOURCE)
+    assert grant.scopes == [] and grant.subject == "42"
+
+
 # -- discovery -------------------------------------------------------------------------------
 
 
