@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from mcp_types import Tool
 from rich.console import Console
 from rich.prompt import Prompt
 from rich.table import Table
@@ -147,8 +149,7 @@ def open_login(args: argparse.Namespace, http: httpx2.AsyncClient, trace: Trace 
 # --- Commands ----------------------------------------------------------------------------------
 
 
-async def show_tools(mcp: McpSession) -> list[Any]:
-    tools = await mcp.list_tools()
+async def show_tools(mcp: McpSession, tools: list[Tool]) -> None:
     needs = await tool_requirements(mcp, tools)
     table = Table(title=f"Tools at {mcp.url}")
     table.add_column("#", justify="right")
@@ -161,7 +162,6 @@ async def show_tools(mcp: McpSession) -> list[Any]:
             str(number), tool.name, needs.get(tool.name, UNKNOWN), summary[0] if summary else ""
         )
     out.print(table)
-    return tools
 
 
 async def call_tool(mcp: McpSession, name: str, arguments: dict[str, Any]) -> bool:
@@ -173,10 +173,19 @@ async def call_tool(mcp: McpSession, name: str, arguments: dict[str, Any]) -> bo
     return True
 
 
+async def call_by_name(mcp: McpSession, name: str, words: list[str]) -> bool:
+    tools = {tool.name: tool for tool in await mcp.list_tools()}
+    if name not in tools:
+        raise ClientError(f"{mcp.url} has no tool {name!r}", "'tools' lists them")
+    return await call_tool(mcp, name, parse_arguments(words, tools[name].input_schema))
+
+
 async def whoami(mcp: McpSession, login: Login) -> dict[str, Any]:
     """The server's view of the token (signing in if needed), and what the cache holds."""
     result = await mcp.call_tool(WHOAMI_TOOL, {})
-    profile = result.structured_content or {} if not result.is_error else {}
+    if result.is_error:
+        raise ClientError(f"{WHOAMI_TOOL} failed: {result_text(result)}", "try again with --trace")
+    profile = result.structured_content or {}
     saved = login.saved
     rows = {
         "user": profile.get("username"),
@@ -211,10 +220,11 @@ async def logout(login: Login, url: str) -> None:
 
 async def tool_prompt(mcp: McpSession, login: Login) -> None:
     """A numbered table of tools; call one by number or name, with arguments or when asked."""
-    if WHOAMI_TOOL in {tool.name for tool in await mcp.list_tools()}:
+    tools = await mcp.list_tools()
+    if WHOAMI_TOOL in {tool.name for tool in tools}:  # signs in now rather than at the first call
         profile = await whoami(mcp, login)
         login.account = profile.get("username") or login.account
-    tools = await show_tools(mcp)
+    await show_tools(mcp, tools)
     by_name = {tool.name: tool for tool in tools}
     ui.print(
         "Call a tool by number or name, optionally with key=value arguments or JSON; "
@@ -233,7 +243,7 @@ async def tool_prompt(mcp: McpSession, login: Login) -> None:
         if words[0] in ("quit", "exit", "q"):
             return
         if words[0] == "tools":
-            await show_tools(mcp)
+            await show_tools(mcp, tools)
             continue
         choice = words[0]
         tool = (
@@ -253,9 +263,7 @@ async def tool_prompt(mcp: McpSession, login: Login) -> None:
                 arguments = await anyio.to_thread.run_sync(ask_arguments, tool.input_schema, ask)
             await call_tool(mcp, tool.name, arguments)
         except ClientError as failure:
-            ui.print(
-                f"[red]✗ {failure.cause}[/red] — {failure.fix}", highlight=False, soft_wrap=True
-            )
+            report(failure)
 
 
 def ask(name: str, hint: str, required: bool) -> str:
@@ -284,13 +292,9 @@ async def run(args: argparse.Namespace) -> int:
         async with McpSession(login, trace) as mcp:
             ok = True
             if args.command == "tools":
-                await show_tools(mcp)
+                await show_tools(mcp, await mcp.list_tools())
             elif args.command == "call":
-                tools = {tool.name: tool for tool in await mcp.list_tools()}
-                if args.name not in tools:
-                    raise ClientError(f"{args.url} has no tool {args.name!r}", "'tools' lists them")
-                arguments = parse_arguments(args.arguments, tools[args.name].input_schema)
-                ok = await call_tool(mcp, args.name, arguments)
+                ok = await call_by_name(mcp, args.name, args.arguments)
             elif args.command == "whoami":
                 await whoami(mcp, login)
             else:
@@ -300,16 +304,29 @@ async def run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
 
 
+def report(failure: ClientError) -> None:
+    ui.print(f"[red]✗ {failure.cause}[/red] — {failure.fix}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     args = parse_args()
+    # Library log records are not for the user: failures reach them as one line each.
+    logging.getLogger().addHandler(logging.NullHandler())
     try:
         code = asyncio.run(run(args))
     except ClientError as failure:
-        ui.print(f"[red]✗ {failure.cause}[/red] — {failure.fix}", highlight=False, soft_wrap=True)
+        report(failure)
         code = 1
     except KeyboardInterrupt:
         ui.print("interrupted")
         code = 130
+    except Exception as bug:  # still one line for the user; --trace shows how far it got
+        report(
+            ClientError(
+                f"unexpected {type(bug).__name__}: {bug}", "re-run with --trace and report it"
+            )
+        )
+        code = 1
     sys.exit(code)
 
 

@@ -168,9 +168,11 @@ def answers(url: str) -> bool:
 @contextmanager
 def server(script: str, ready: str, ui: Console) -> Iterator[None]:
     """Run `python <script>` from the repository until the block ends; its log in a temp file."""
-    log = Path(tempfile.gettempdir()) / f"{Path(script).stem}-demo.log"
-    with log.open("wb") as sink:
+    with tempfile.NamedTemporaryFile(
+        prefix=f"{Path(script).stem}-", suffix=".log", delete=False
+    ) as sink:
         process = subprocess.Popen([sys.executable, script], cwd=ROOT, stdout=sink, stderr=sink)
+    log = sink.name
     ui.print(f"Started {script} (pid {process.pid}, log {log})")
     try:
         deadline = time.monotonic() + 30

@@ -41,6 +41,8 @@ class NotAllowed(ClientError):
 
 
 class Login:
+    """The token of one account at one MCP server, kept usable between requests."""
+
     def __init__(
         self,
         http: httpx2.AsyncClient,
@@ -70,29 +72,30 @@ class Login:
         return Endpoints(self.http, saved.metadata, saved.client, saved.resource)
 
     async def refresh_if_due(self) -> None:
-        """Refresh ahead of expiry; a refused refresh drops the tokens so the next 401 signs in."""
+        """Refresh shortly before the access token expires: no request goes out with a dead one."""
         saved = self.saved
-        if saved is None or saved.tokens is None or saved.refresh_at is None:
-            return
-        if time.time() < saved.refresh_at:
-            return
-        if saved.tokens.refresh_token is None:
-            saved.tokens = None
-            return
-        try:
-            saved.store_tokens(await self.endpoints(saved).refresh(saved.tokens.refresh_token))
-        except OAuthErrorResponse:
-            saved.tokens = None  # expired or revoked: a fresh sign-in follows on the 401
-        self.cache.save(saved)
+        if saved and saved.tokens and saved.refresh_at and time.time() >= saved.refresh_at:
+            await self._refresh(saved)
 
     async def recover(self, challenge: httpx2.Response) -> None:
         """The server refused the token (401): refresh it if we can, else sign in again."""
-        if self.saved and self.saved.tokens and self.saved.tokens.refresh_token:
-            self.saved.refresh_at = 0.0
-            await self.refresh_if_due()
-            if self.access_token:
-                return
-        await self.sign_in(challenge)
+        if self.saved and self.saved.tokens:
+            await self._refresh(self.saved)
+        if not self.access_token:
+            await self.sign_in(challenge)
+
+    async def _refresh(self, saved: SavedLogin) -> None:
+        """RFC 6749 §6, rotating: the new refresh token replaces the old one in the cache. A
+        refused refresh (expired, revoked) drops the tokens, so the next 401 signs in again."""
+        assert saved.tokens is not None
+        refresh_token = saved.tokens.refresh_token
+        try:
+            if refresh_token is None:
+                raise OAuthErrorResponse("invalid_grant", "no refresh token was issued")
+            saved.store_tokens(await self.endpoints(saved).refresh(refresh_token))
+        except OAuthErrorResponse:
+            saved.tokens = None
+        self.cache.save(saved)
 
     async def sign_in(self, challenge: httpx2.Response) -> None:
         """Discover the provider from the 401, pick a client identity, and let the user sign in.

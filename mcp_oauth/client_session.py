@@ -3,13 +3,14 @@
 The bearer token rides on each HTTP request (an httpx2 `Auth`), and a 401 or 403 is only
 noted there. The MCP transport turns such a refusal into a plain JSON-RPC error; this session
 sees that error, reads the noted challenge, lets `Login` recover (refresh or sign in again on
-401, step up on 403 insufficient_scope) and repeats the operation exactly once. Failing that,
-the user gets one line saying why — never a login loop, never a traceback.
+401, step up on 403 insufficient_scope, each at most once) and repeats the operation. Failing
+that, the user gets one line saying why — never a login loop, never a traceback.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import httpx2
@@ -36,18 +37,25 @@ class Refused(Exception):
 
 
 class BearerToken(httpx2.Auth):
-    """Sends Login's current access token and keeps the last error answer for the session."""
+    """Sends Login's current access token, and notes for the session how the server answered:
+    its last error answer, or that a request got no answer at all."""
 
     def __init__(self, login: Login):
         self.login = login
+        self.forget()
+
+    def forget(self) -> None:
         self.refusal: httpx2.Response | None = None
+        self.unanswered = False
 
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         if token := self.login.access_token:
             request.headers["Authorization"] = f"Bearer {token}"
+        self.unanswered = True  # stays so when sending fails: httpx closes the flow right here
         response = yield request
+        self.unanswered = False
         if response.status_code >= 400:
             self.refusal = response
 
@@ -68,7 +76,10 @@ class McpSession:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self.client is not None:
-            await self.client.__aexit__(None, None, None)
+            # Closing a session whose server went away is no failure of its own: it must not
+            # turn a finished command into an error, nor hide the error that ended it.
+            with suppress(Exception):
+                await self.client.__aexit__(None, None, None)
 
     async def list_tools(self) -> list[mcp_types.Tool]:
         return await self._authorized(lambda: self._connected().list_tools())
@@ -122,7 +133,7 @@ class McpSession:
 
     async def _attempt(self, operation: Callable[[], Awaitable[T]]) -> T:
         """The operation's result; Refused carries the 401/403 answer that stopped it."""
-        self.bearer.refusal = None
+        self.bearer.forget()
         try:
             return await operation()
         except (MCPError, RuntimeError, httpx2.HTTPError) as exc:
@@ -143,15 +154,15 @@ class McpSession:
                 f"(HTTP {answer.status_code} {answer.reason_phrase})",
                 "point --url at the MCP endpoint, e.g. http://localhost:8000/mcp",
             )
+        if self.bearer.unanswered:
+            return ClientError(
+                f"cannot reach the MCP server at {self.url}",
+                "start it (python mcp_resource_server.py) or pass the right --url",
+            )
         if isinstance(exc, MCPError):
             return ClientError(
                 f"the MCP server refused the request: {exc}",
                 "check the tool name and its arguments ('tools' lists them)",
-            )
-        if isinstance(exc.__cause__, httpx2.TransportError) or isinstance(exc, httpx2.HTTPError):
-            return ClientError(
-                f"cannot reach the MCP server at {self.url} ({exc.__cause__ or exc})",
-                "start it (python mcp_resource_server.py) or pass the right --url",
             )
         return ClientError(
             f"the MCP connection to {self.url} failed: {exc}", "re-run with --trace to see why"

@@ -40,7 +40,7 @@ def scope_needed(requirement: str | None) -> str | None:
 
 def parse_arguments(words: list[str], schema: dict[str, Any]) -> dict[str, Any]:
     """`key=value …` or a single JSON object, typed by the tool's input schema."""
-    if len(words) == 1 and words[0].lstrip().startswith("{"):
+    if len(words) == 1 and words[0].lstrip()[:1] in ("{", "["):
         try:
             arguments = json.loads(words[0])
         except ValueError as exc:
