@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--url",
         default=env("MCP_SERVER_URL", DEFAULT_URL),
-        help=f"MCP endpoint (default {DEFAULT_URL})",
+        help=f"MCP endpoint (env MCP_SERVER_URL; default {DEFAULT_URL})",
     )
     login = parser.add_argument_group("signing in (default: the system browser)")
     login.add_argument("--user", help="account name; selects its cached tokens")
@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     login.add_argument(
         "--client-metadata-url",
         default=env("MCP_CLIENT_METADATA_URL"),
-        help="https URL of this client's metadata document, used when the provider supports them",
+        help="https URL of this client's metadata document, used when the provider supports "
+        "them (env MCP_CLIENT_METADATA_URL)",
     )
     shown = parser.add_argument_group("output")
     shown.add_argument(

@@ -34,7 +34,7 @@ from .client_login import Login, NotAllowed
 from .client_login_modes import PasswordLogin
 from .client_session import McpSession
 from .client_token_cache import TokenCache
-from .client_tools import scope_needed, tool_requirements
+from .client_tools import result_text, scope_needed, tool_requirements
 from .client_trace import Trace
 from .users_file import UsersFileError, load_users_file
 
@@ -112,8 +112,8 @@ async def try_tool(mcp: McpSession, tool: mcp_types.Tool) -> Outcome:
         result = await mcp.call_tool(tool.name, sample_arguments(tool.input_schema))
     except NotAllowed as refusal:
         return Outcome(False, f"lacks {refusal.scope}; granted {refusal.granted or 'nothing'}")
-    if result.is_error:
-        return Outcome(True, "ran; the tool answered an error")
+    if result.is_error:  # the tool ran and refused the sample arguments: access was granted
+        return Outcome(True, f"ran; it said: {result_text(result)}")
     return Outcome(True, "ran")
 
 

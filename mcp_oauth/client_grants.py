@@ -69,19 +69,10 @@ class Endpoints:
     resource: str
 
     async def post(self, endpoint: str, data: dict[str, str]) -> httpx2.Response:
-        """POST a form with the client's authentication (RFC 6749 §2.3): public clients send their
-        `client_id`; a registration that came with a secret uses it as the provider assigned."""
-        auth = None
-        data = {**data, "client_id": self.client.client_id}
-        if (
-            self.client.client_secret
-            and self.client.token_endpoint_auth_method == "client_secret_basic"
-        ):
-            auth = httpx2.BasicAuth(self.client.client_id, self.client.client_secret)
-        elif self.client.client_secret:
-            data["client_secret"] = self.client.client_secret
+        """POST a form as this public client: it identifies itself by `client_id` alone
+        (RFC 6749 §2.3; a native app cannot keep a secret, RFC 8252 §8.4)."""
         with reaching("authorization server", endpoint, "start it (python oauth_provider.py)"):
-            return await self.http.post(endpoint, data=data, auth=auth)
+            return await self.http.post(endpoint, data={**data, "client_id": self.client.client_id})
 
     async def token(self, grant: dict[str, str]) -> OAuthToken:
         response = await self.post(

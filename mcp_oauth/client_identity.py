@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import httpx2
 from mcp.client.auth import OAuthRegistrationError
-from mcp.client.auth.oauth2 import check_registration_usable
 from mcp.client.auth.utils import (
     create_client_info_from_metadata_url,
     create_client_registration_request,
@@ -85,11 +84,16 @@ async def register(
         response = await http.send(request)
     try:
         client = await handle_registration_response(response)
-        check_registration_usable(client)
     except OAuthRegistrationError as exc:
         raise ClientError(
             f"dynamic client registration at {request.url} failed: {exc}",
             "pass a pre-registered client id with --client-id (our provider has mcp-client)",
         ) from exc
+    if client.token_endpoint_auth_method not in (None, "none"):
+        raise ClientError(
+            f"{metadata.issuer} registered this client as a confidential one "
+            f"({client.token_endpoint_auth_method}), but it cannot keep a secret",
+            "pass a public client id registered there with --client-id",
+        )
     client.issuer = str(metadata.issuer)  # binds the registration to this provider (SEP-2352)
     return client

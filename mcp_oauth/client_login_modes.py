@@ -10,8 +10,11 @@ mode is RFC 8628: show a code, poll until the person has approved it elsewhere.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import sys
+import threading
 import webbrowser
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -125,14 +128,25 @@ class BrowserLogin:
                 self.trace.name(redirect_uri, "callback")
 
             async def user_agent(url: str) -> str:
-                self.console.print("Sign in at this URL (opening your browser):", style="bold")
+                if self.open_browser and browser_beside_terminal():
+                    self.console.print("Opening your browser to sign in (or open this URL):")
+                    # In a thread: some browsers only return when they are closed.
+                    threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+                else:
+                    self.console.print("Open this URL in a browser to sign in:")
                 self.console.print(url, soft_wrap=True, highlight=False, markup=False)
-                if self.open_browser:
-                    webbrowser.open(url)
                 with self.console.status(f"Waiting for the sign-in to reach {redirect_uri} …"):
                     return await wait_for_callback(sock, redirect_uri)
 
             return await authorization_code_flow(request, redirect_uri, user_agent)
+
+
+def browser_beside_terminal() -> bool:
+    """Whether a browser can open without taking over this terminal: on macOS and Windows, on
+    a graphical display, or when $BROWSER names one (text browsers would block the terminal)."""
+    return sys.platform in ("darwin", "win32") or any(
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+    )
 
 
 def loopback_socket() -> socket.socket:
@@ -162,8 +176,10 @@ async def wait_for_callback(sock: socket.socket, redirect_uri: str) -> str:
 
     app = Starlette(routes=[Route("/callback", callback)])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    with anyio.move_on_after(SIGN_IN_TIMEOUT):
+    with anyio.move_on_after(SIGN_IN_TIMEOUT) as waiting:
         await server.serve(sockets=[sock])
+    if not arrived and not waiting.cancelled_caught:
+        raise KeyboardInterrupt  # uvicorn took the Ctrl+C while serving, and stopped
     if not arrived:
         raise ClientError(
             f"no sign-in reached {redirect_uri} within {SIGN_IN_TIMEOUT:.0f} s",

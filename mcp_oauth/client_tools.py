@@ -77,7 +77,7 @@ def ask_arguments(schema: dict[str, Any], ask: Callable[[str, str, bool], str]) 
 
 
 def describe(prop: dict[str, Any]) -> str:
-    kinds = " or ".join(_types(prop)) or "any"
+    kinds = " or ".join(kind for kind in _types(prop) if kind != "null") or "any"
     if "enum" in prop:
         kinds = " | ".join(map(str, prop["enum"]))
     hint = prop.get("description", "")
