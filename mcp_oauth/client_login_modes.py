@@ -38,7 +38,7 @@ from . import headless
 from .client_errors import ClientError, reaching
 from .client_grants import ClientRejected, Endpoints, OAuthErrorResponse
 from .client_identity import REGISTERED_REDIRECT_URI
-from .client_trace import Trace
+from .client_trace import Trace, redact_url
 
 CALLBACK_PORT = 53682  # the loopback port tried first; any free one is fine for the provider
 SIGN_IN_TIMEOUT = 300.0
@@ -124,8 +124,6 @@ class BrowserLogin:
     async def authorize(self, request: AuthorizationRequest) -> OAuthToken:
         with loopback_socket() as sock:
             redirect_uri = f"http://127.0.0.1:{sock.getsockname()[1]}/callback"
-            if self.trace:
-                self.trace.name(redirect_uri, "callback")
 
             async def user_agent(url: str) -> str:
                 if self.open_browser and browser_beside_terminal():
@@ -136,7 +134,10 @@ class BrowserLogin:
                     self.console.print("Open this URL in a browser to sign in:")
                 self.console.print(url, soft_wrap=True, highlight=False, markup=False)
                 with self.console.status(f"Waiting for the sign-in to reach {redirect_uri} …"):
-                    return await wait_for_callback(sock, redirect_uri)
+                    arrived = await wait_for_callback(sock, redirect_uri)
+                if self.trace:  # the browser's own exchanges never pass through this process
+                    self.trace.note(f"browser → callback  GET {redact_url(arrived)}")
+                return arrived
 
             return await authorization_code_flow(request, redirect_uri, user_agent)
 
