@@ -4,9 +4,12 @@
 
 A client that calls a protected tool without a token gets a 401 whose WWW-Authenticate header
 points at this server's protected resource metadata (RFC 9728), which names the authorization
-server to log in at. With a token, each request is checked by introspecting the token at that
-server (cached), and each tool call against the scope the tool needs: a missing scope is a 403
-insufficient_scope the client can step up from.
+server to log in at. With a token, each request is checked the way that server allows:
+introspection (cached) when it offers it and this server has client credentials, otherwise
+local JWT validation against its key set (Entra ID, or any provider via MCP_TOKEN_VALIDATION).
+Each tool call is checked against the scope the tool needs: a missing scope is a 403
+insufficient_scope the client can step up from. One tool calls a downstream API on the user's
+behalf with a token exchanged for it (RFC 8693, or Entra's On-Behalf-Of grant).
 
 To add a tool, write a function in the "Tools" section below and put `@tool(scope=...)` on it:
 an OAuth scope from SCOPES, SIGNED_IN (any valid token) or PUBLIC (no token at all).
@@ -15,6 +18,7 @@ an OAuth scope from SCOPES, SIGNED_IN (any valid token) or PUBLIC (no token at a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import time
@@ -35,6 +39,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mcp_oauth.jwt_verifier import (
+    SETTINGS_HELP,
+    ChosenVerifier,
+    ConfigurationError,
+    ValidationSettings,
+    entra_issuers,
+)
+from mcp_oauth.on_behalf_of import DownstreamError, OnBehalfOf
 from mcp_oauth.provider_discovery import Provider, ProviderError
 from mcp_oauth.resource_store import ResourceStore
 from mcp_oauth.scope_challenge import (
@@ -56,15 +68,27 @@ DEV_CLIENT_SECRET = "dev-mcp-resource-server-secret"  # the provider's developme
 
 ENVIRONMENT_HELP = f"""\
 environment:
-  OAUTH_PROVIDER_URL             issuer URL of the authorization server; its endpoints are
-                                 discovered from its metadata (default http://localhost:9000)
+  OAUTH_PROVIDER_URL             issuer URL of the authorization server, exactly as it states
+                                 it; its endpoints are discovered from its metadata
+                                 (default http://localhost:9000)
+  OAUTH_METADATA_URL             URL of its metadata document, when not at the issuer's
+                                 well-known URLs (RFC 8414, then OpenID discovery); the issuer
+                                 it names must still be OAUTH_PROVIDER_URL
   MCP_SERVER_URL                 public URL of the MCP endpoint: the resource tokens must name
                                  in `aud`, and its path is where MCP is served
                                  (default http://localhost:8000/mcp)
   MCP_RS_CLIENT_ID               this server's client id at the provider, used to introspect
-                                 tokens and call the admin API (default mcp-resource-server)
-  MCP_RS_CLIENT_SECRET           its secret (default: the provider's development default
-                                 {DEV_CLIENT_SECRET!r}, with a warning at start)
+                                 tokens, exchange them and call the admin API
+                                 (default mcp-resource-server)
+  MCP_RS_CLIENT_SECRET           its secret; with Entra, a client secret of the MCP API's app
+                                 registration (for On-Behalf-Of). When OAUTH_PROVIDER_URL is
+                                 not set: the local provider's development default
+                                 {DEV_CLIENT_SECRET!r}, with a warning
+  MCP_DOWNSTREAM_URL             the API get_downstream_profile calls on the user's behalf
+                                 (default: the provider's <issuer>/userinfo; needed with Entra)
+  MCP_DOWNSTREAM_RESOURCE        the audience to exchange the user's token for: a resource URI
+                                 or a logical name such as a Keycloak client id; with Entra the
+                                 downstream API's app ID URI (default MCP_DOWNSTREAM_URL)
   MCP_INTROSPECTION_CACHE_TTL    seconds a token's positive introspection answer is reused
                                  (default 60, never beyond the token's expiry): longer means
                                  fewer provider calls, but a revoked token keeps working that long
@@ -73,12 +97,13 @@ environment:
   MCP_INTROSPECTION_CACHE_SIZE   most tokens kept in the cache (default 10000)
   MCP_DATABASE_URL               SQLAlchemy URL of this server's own records and notes
                                  (default sqlite:///data/mcp_resource_server.db)
-"""
+{SETTINGS_HELP}"""
 
 
 @dataclass(frozen=True)
 class Settings:
     provider_url: str
+    metadata_url: str | None
     server_url: str
     client_id: str
     client_secret: str
@@ -86,20 +111,38 @@ class Settings:
     refusal_ttl: float
     cache_size: int
     database_url: str
+    downstream_url: str | None
+    downstream_resource: str | None
+    validation: ValidationSettings
 
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ.get
         try:
+            validation = ValidationSettings.from_env()
+        except ConfigurationError as exc:
+            raise SystemExit(f"mcp_resource_server: {exc}") from None
+        # Defaults follow the provider: our local one, or the Entra tenant's v2.0 issuer.
+        # The development secret belongs to the local development provider only.
+        provider_url, client_id = "http://localhost:9000", "mcp-resource-server"
+        secret = "" if "OAUTH_PROVIDER_URL" in os.environ else DEV_CLIENT_SECRET
+        if validation.entra_tenant_id and validation.entra_client_id:
+            provider_url = entra_issuers(validation.entra_tenant_id)[1]
+            client_id, secret = validation.entra_client_id, ""
+        try:
             return cls(
-                provider_url=env("OAUTH_PROVIDER_URL", "http://localhost:9000"),
+                provider_url=env("OAUTH_PROVIDER_URL", provider_url),
+                metadata_url=env("OAUTH_METADATA_URL") or None,
                 server_url=env("MCP_SERVER_URL", "http://localhost:8000/mcp"),
-                client_id=env("MCP_RS_CLIENT_ID", "mcp-resource-server"),
-                client_secret=env("MCP_RS_CLIENT_SECRET", DEV_CLIENT_SECRET),
+                client_id=env("MCP_RS_CLIENT_ID", client_id),
+                client_secret=env("MCP_RS_CLIENT_SECRET", secret),
                 cache_ttl=float(env("MCP_INTROSPECTION_CACHE_TTL", "60")),
                 refusal_ttl=float(env("MCP_INTROSPECTION_REFUSAL_TTL", "5")),
                 cache_size=int(env("MCP_INTROSPECTION_CACHE_SIZE", "10000")),
                 database_url=env("MCP_DATABASE_URL", "sqlite:///data/mcp_resource_server.db"),
+                downstream_url=env("MCP_DOWNSTREAM_URL") or None,
+                downstream_resource=env("MCP_DOWNSTREAM_RESOURCE") or None,
+                validation=validation,
             )
         except ValueError as exc:
             raise SystemExit(f"mcp_resource_server: bad numeric setting: {exc}") from None
@@ -109,15 +152,33 @@ settings = Settings.from_env()
 
 # --- The authorization server, the token verifier, our own data -------------------------------
 
-# One HTTP client for every call to the provider, so connections are set up once and reused.
+# One HTTP client for every outgoing call, so connections are set up once and reused.
 http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
-provider = Provider(settings.provider_url, settings.client_id, settings.client_secret, http)
-verifier = IntrospectionVerifier(
+provider = Provider(
+    settings.provider_url,
+    settings.client_id,
+    settings.client_secret,
+    http,
+    metadata_url=settings.metadata_url,
+)
+verifier = ChosenVerifier(
+    settings.validation,
+    provider=provider,
+    resource_url=settings.server_url,
+    client_credentials=bool(settings.client_id and settings.client_secret),
+    introspection=lambda: IntrospectionVerifier(
+        provider,
+        settings.server_url,
+        cache_ttl=settings.cache_ttl,
+        refusal_ttl=settings.refusal_ttl,
+        cache_size=settings.cache_size,
+    ),
+)
+downstream = OnBehalfOf(
     provider,
-    settings.server_url,
-    cache_ttl=settings.cache_ttl,
-    refusal_ttl=settings.refusal_ttl,
-    cache_size=settings.cache_size,
+    url=settings.downstream_url,
+    audience=settings.downstream_resource,
+    entra=settings.validation.entra,
 )
 store = ResourceStore(settings.database_url)
 
@@ -129,13 +190,9 @@ async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
     store.create_tables()
     await scopes.check_complete()
     try:
-        await provider.metadata()
-    except ProviderError:
-        log.warning("Starting without the authorization server; will discover it on first need")
-    try:
         yield
     finally:
-        log.info("Token cache counters at shutdown: %s", verifier.metrics())
+        log.info("Token verifier counters at shutdown: %s", verifier.metrics())
         await http.aclose()
 
 
@@ -229,6 +286,20 @@ def delete_user_note(note_id: int) -> dict[str, Any]:
     return {"deleted": note_id}
 
 
+@tool(scope="read")
+async def get_downstream_profile() -> dict[str, Any]:
+    """Your profile from the downstream API, fetched on your behalf.
+
+    This server exchanges your token for one meant for that API (you stay the subject, this
+    server is the actor); your own token is never sent to the API.
+    """
+    try:
+        profile = await downstream.call(current_caller())
+    except DownstreamError as exc:
+        raise ToolError(str(exc)) from None
+    return {"profile": profile}
+
+
 @tool(scope="admin")
 async def admin_operation(
     action: Literal["list_grants", "revoke_user"], username: str | None = None
@@ -255,8 +326,10 @@ async def admin_operation(
 
 @mcp.custom_route("/metrics", methods=["GET"])
 async def metrics(_request: Request) -> JSONResponse:
-    """Token cache and introspection counters."""
-    return JSONResponse({"token_verifier": verifier.metrics()})
+    """How tokens are checked, with its counters, and the token exchange counters."""
+    return JSONResponse(
+        {"token_verifier": verifier.metrics(), "on_behalf_of": downstream.metrics()}
+    )
 
 
 def create_app() -> Starlette:
@@ -288,6 +361,19 @@ def create_app() -> Starlette:
     return app
 
 
+async def serve(config: uvicorn.Config) -> None:
+    """Choose how to check tokens, then serve. Settings that allow no check stop the server
+    with their fix (outside uvicorn's lifespan, which would bury it in a traceback); an
+    unreachable provider does not: it is discovered on first need."""
+    try:
+        await verifier.choose()
+    except ConfigurationError as exc:
+        raise SystemExit(f"mcp_resource_server: cannot check bearer tokens: {exc}") from None
+    except ProviderError:
+        log.warning("Starting without the authorization server; will discover it on first need")
+    await uvicorn.Server(config).serve()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="MCP resource server guarded by OAuth 2.0 scopes.",
@@ -312,7 +398,7 @@ def main() -> None:
     for chatty in ("httpx", "mcp.server.streamable_http"):  # a line per request otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
     log.info("MCP endpoint %s, authorization server %s", settings.server_url, settings.provider_url)
-    uvicorn.run(create_app(), host=args.host, port=args.port)
+    asyncio.run(serve(uvicorn.Config(create_app(), host=args.host, port=args.port)))
 
 
 if __name__ == "__main__":

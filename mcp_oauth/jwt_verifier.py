@@ -3,8 +3,9 @@
 Some providers cannot introspect their own access tokens (Entra ID has no introspection
 endpoint; node oidc-provider cannot introspect its JWT access tokens), so the resource server
 may instead check a JWT against the provider's published key set. `ChosenVerifier` picks the
-mode: introspection when the provider advertises an introspection endpoint and this server has
-client credentials for it, otherwise JWT when it advertises a `jwks_uri`.
+mode from the provider's discovered metadata: introspection when it names an introspection
+endpoint and this server has client credentials for it, otherwise JWT when it names a
+`jwks_uri`; MCP_TOKEN_VALIDATION forces either.
 
 What a JWT must show, and why:
 - `alg` RS256 or ES256 only (never `none` or HS*: a public key must not become an HMAC secret);
@@ -17,17 +18,7 @@ What a JWT must show, and why:
 - Scopes from `scope` or `scp` (space separated) and `roles` (Entra app-only tokens).
 A key set that cannot be fetched raises ProviderUnavailable (the caller answers 503), never an
 acceptance. Each refusal carries a short reason naming what to fix; tokens are never logged.
-
-Settings (environment; `ValidationSettings.from_env`):
-  MCP_TOKEN_VALIDATION        auto (default) | introspection | jwt: how bearer tokens are checked
-  MCP_JWKS_URL                key set URL, instead of the provider's advertised `jwks_uri`
-                              (or Entra's public one); for a provider whose keys live elsewhere
-  MCP_JWT_LEEWAY              seconds of clock skew allowed on exp/nbf/iat (default 60)
-  MCP_JWKS_CACHE_TTL          seconds a fetched key set is reused (default 3600)
-  MCP_JWKS_REFETCH_INTERVAL   least seconds between refetches caused by unknown kids (default 30)
-  MCP_ENTRA_TENANT_ID         Entra tenant id: validate Entra v1/v2 tokens of this tenant
-  MCP_ENTRA_CLIENT_ID         client id of the API's app registration (the v2 `aud`)
-  MCP_ENTRA_APP_ID_URI        its application ID URI (the v1 `aud`; default api://<client id>)
+The settings are read by `ValidationSettings.from_env` and described in SETTINGS_HELP.
 """
 
 from __future__ import annotations
@@ -44,21 +35,33 @@ from typing import Any, Literal, cast, get_args
 
 import httpx
 from cachetools import TTLCache
-from fastmcp.server.auth import AccessToken, TokenVerifier
+from fastmcp.server.auth import AccessToken
 from joserfc import errors, jws, jwt
 from joserfc.jwk import KeySet
 
-from mcp_oauth.provider_discovery import Backoff, ProviderUnavailable, metadata_urls
-from mcp_oauth.token_verifier import Grant, audiences
+from mcp_oauth.provider_discovery import Backoff, Provider, ProviderMetadata, ProviderUnavailable
+from mcp_oauth.token_verifier import CheckingVerifier, Grant, TokenRefused, claims_refusal
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "introspection", "jwt"]
 ALGORITHMS = ("RS256", "ES256")
 
-
-class TokenRefused(Exception):
-    """A token this server does not accept; the message says why, for logs and error_description."""
+SETTINGS_HELP = """\
+  MCP_TOKEN_VALIDATION           auto (default) | introspection | jwt: how bearer tokens are
+                                 checked; auto introspects when the provider offers it and
+                                 MCP_RS_CLIENT_ID/SECRET are set, else validates JWTs locally
+  MCP_JWKS_URL                   key set URL, instead of the provider's advertised jwks_uri
+  MCP_JWT_LEEWAY                 seconds of clock skew allowed on exp/nbf/iat (default 60)
+  MCP_JWKS_CACHE_TTL             seconds a fetched key set is reused (default 3600)
+  MCP_JWKS_REFETCH_INTERVAL      least seconds between refetches caused by unknown kids
+                                 (default 30)
+  MCP_ENTRA_TENANT_ID            Entra tenant id: accept Entra v1/v2 tokens of this tenant
+                                 (OAUTH_PROVIDER_URL then defaults to its v2.0 issuer)
+  MCP_ENTRA_CLIENT_ID            client id of the MCP API's app registration (the v2 `aud`;
+                                 also the default MCP_RS_CLIENT_ID)
+  MCP_ENTRA_APP_ID_URI           its application ID URI (the v1 `aud`; default api://<client id>)
+"""
 
 
 class ConfigurationError(ValueError):
@@ -74,7 +77,7 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """How bearer tokens are checked (see the module docstring for each environment variable)."""
+    """How bearer tokens are checked (SETTINGS_HELP describes each environment variable)."""
 
     mode: Mode = "auto"
     jwks_url: str | None = None
@@ -137,18 +140,18 @@ class Expectations:
         """Entra v1 tokens: iss sts.windows.net, aud the app ID URI; v2 tokens: iss
         login.microsoftonline.com/…/v2.0, aud the client id. Either may carry either aud."""
         return cls(
-            issuers=(
-                f"https://sts.windows.net/{tenant_id}/",
-                f"https://login.microsoftonline.com/{tenant_id}/v2.0",
-            ),
+            issuers=entra_issuers(tenant_id),
             audiences=(client_id, app_id_uri or f"api://{client_id}"),
             entra=True,
         )
 
 
-def entra_jwks_url(tenant_id: str) -> str:
-    """Entra's published key set for a tenant (the same keys sign v1 and v2 tokens)."""
-    return f"https://login.microsoftonline.com/{tenant_id}/discovery/v2.0/keys"
+def entra_issuers(tenant_id: str) -> tuple[str, str]:
+    """A tenant's v1.0 and v2.0 token issuers; the v2.0 one is where its metadata lives."""
+    return (
+        f"https://sts.windows.net/{tenant_id}/",
+        f"https://login.microsoftonline.com/{tenant_id}/v2.0",
+    )
 
 
 # -- the key set -------------------------------------------------------------------------------
@@ -266,19 +269,6 @@ def time_refusal(claims: Mapping[str, Any], *, now: float, leeway: float) -> str
     return None
 
 
-def claims_refusal(claims: Mapping[str, Any], expect: Expectations) -> str | None:
-    """Why the issuer or audience is not ours; None if both are."""
-    if claims.get("iss") not in expect.issuers:
-        return f"token issuer {claims.get('iss')!r} is not {' or '.join(expect.issuers)}"
-    wanted = {aud.rstrip("/") for aud in expect.audiences}
-    if not any(aud.rstrip("/") in wanted for aud in audiences(claims.get("aud"))):
-        return (
-            f"token audience {claims.get('aud')!r} is not this server "
-            f"({' or '.join(expect.audiences)})"
-        )
-    return None
-
-
 def _words(value: object) -> list[str]:
     if isinstance(value, str):
         return value.split()
@@ -322,7 +312,7 @@ def grant_of(claims: dict[str, Any], resource_url: str, *, entra: bool) -> Grant
 # -- the verifier -------------------------------------------------------------------------------
 
 
-class JwtVerifier(TokenVerifier):
+class JwtVerifier(CheckingVerifier):
     """FastMCP token verifier that checks JWT access tokens locally against the key set."""
 
     def __init__(
@@ -344,6 +334,15 @@ class JwtVerifier(TokenVerifier):
 
     async def check(self, token: str) -> AccessToken:
         """The token's grant; raises TokenRefused (with why) or ProviderUnavailable."""
+        try:
+            access = await self._check(token)
+        except TokenRefused:
+            self.counters["refused"] += 1
+            raise
+        self.counters["accepted"] += 1
+        return access
+
+    async def _check(self, token: str) -> AccessToken:
         try:
             header = jws.extract_compact(token.encode()).headers()
         except (errors.JoseError, ValueError, TypeError):
@@ -369,7 +368,7 @@ class JwtVerifier(TokenVerifier):
         except (errors.JoseError, ValueError, TypeError) as exc:
             raise TokenRefused(f"token is not a valid JWT ({exc})") from None
         reason = time_refusal(claims, now=self.now(), leeway=self.leeway) or claims_refusal(
-            claims, self.expect
+            claims, issuers=self.expect.issuers, resources=self.expect.audiences
         )
         if reason:
             raise TokenRefused(reason)
@@ -378,17 +377,6 @@ class JwtVerifier(TokenVerifier):
             # Entra ID tokens share typ, iss and (often) aud with access tokens, never scp/roles.
             raise TokenRefused("token has no scp or roles claim: not an Entra access token")
         return grant.access_token(token)
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        """The token's grant, or None if refused; raises ProviderUnavailable on key set trouble."""
-        try:
-            access = await self.check(token)
-        except TokenRefused as refused:
-            self.counters["refused"] += 1
-            log.info("Refused a JWT access token: %s", refused)
-            return None
-        self.counters["accepted"] += 1
-        return access
 
     def metrics(self) -> dict[str, int]:
         """Acceptance and key set counters since start."""
@@ -399,66 +387,46 @@ class JwtVerifier(TokenVerifier):
 
 
 def choose_mode(
-    settings: ValidationSettings,
-    metadata: Mapping[str, Any] | None,
-    *,
-    provider_url: str,
-    client_credentials: bool,
+    settings: ValidationSettings, metadata: ProviderMetadata, *, client_credentials: bool
 ) -> Literal["introspection", "jwt"]:
     """Introspection when the provider offers it and we can authenticate to it; otherwise JWT
-    when there are keys to check against. A forced mode or Entra needs no metadata."""
-    if settings.mode != "auto":
-        return settings.mode
-    if settings.entra:
-        return "jwt"
-    metadata = metadata or {}
-    if metadata.get("introspection_endpoint") and client_credentials:
+    when there are keys to check against. Entra offers no introspection."""
+    offers_introspection = metadata.introspection_endpoint is not None and not settings.entra
+    has_keys = bool(metadata.jwks_uri or settings.jwks_url)
+    issuer = metadata.issuer
+    if settings.mode == "introspection":
+        if not offers_introspection:
+            raise ConfigurationError(
+                f"MCP_TOKEN_VALIDATION=introspection, but provider {issuer} has no "
+                "introspection endpoint: use MCP_TOKEN_VALIDATION=jwt or auto"
+            )
+        if not client_credentials:
+            raise ConfigurationError(
+                "MCP_TOKEN_VALIDATION=introspection needs this server's client credentials: "
+                "set MCP_RS_CLIENT_ID and MCP_RS_CLIENT_SECRET"
+            )
         return "introspection"
-    if metadata.get("jwks_uri") or settings.jwks_url:
+    if settings.mode == "auto" and offers_introspection and client_credentials:
+        return "introspection"
+    if has_keys:
         return "jwt"
-    if metadata.get("introspection_endpoint"):
+    if settings.mode == "jwt":
         raise ConfigurationError(
-            f"provider {provider_url} offers introspection but no jwks_uri, and no client "
+            f"MCP_TOKEN_VALIDATION=jwt, but provider {issuer} has no jwks_uri: "
+            "set MCP_JWKS_URL to its key set"
+        )
+    if offers_introspection:
+        raise ConfigurationError(
+            f"provider {issuer} offers introspection but no jwks_uri, and no client "
             "credentials are set: set MCP_RS_CLIENT_ID and MCP_RS_CLIENT_SECRET"
         )
     raise ConfigurationError(
-        f"provider {provider_url} has no introspection endpoint and no jwks_uri; "
+        f"provider {issuer} has no introspection endpoint and no jwks_uri; "
         "set MCP_JWKS_URL to its key set, or point OAUTH_PROVIDER_URL at another issuer"
     )
 
 
-async def discover_metadata(
-    http: httpx.AsyncClient, issuer: str, backoff: Backoff | None = None
-) -> dict[str, Any]:
-    """The provider's RFC 8414 (or OpenID) metadata document as is; ProviderUnavailable if none.
-
-    Read raw because ProviderMetadata insists on an introspection endpoint, and `jwks_uri` is
-    what matters here."""
-    backoff = backoff or Backoff()
-    if pause := backoff.remaining():
-        raise ProviderUnavailable(f"{issuer} metadata recently failed", math.ceil(pause))
-    problems = []
-    for url in metadata_urls(issuer):
-        try:
-            response = await http.get(url)
-            document = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
-            problems.append(f"{url}: {exc!r}")
-            continue
-        if not isinstance(document, dict):
-            problems.append(f"{url} answered {response.status_code}")
-        elif str(document.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
-            problems.append(f"{url} names issuer {document.get('issuer')!r}, not {issuer!r}")
-        else:
-            backoff.succeeded()
-            return document
-    reason = "no usable metadata: " + "; ".join(problems)
-    retry_after = backoff.failed()
-    log.warning("Authorization server %s: %s; retrying in %d s", issuer, reason, retry_after)
-    raise ProviderUnavailable(reason, retry_after)
-
-
-class ChosenVerifier(TokenVerifier):
+class ChosenVerifier(CheckingVerifier):
     """Picks introspection or JWT on first need (discovery may wait for the provider to come
     up), then hands every token to the chosen verifier."""
 
@@ -466,87 +434,68 @@ class ChosenVerifier(TokenVerifier):
         self,
         settings: ValidationSettings,
         *,
-        provider_url: str,
+        provider: Provider,
         resource_url: str,
-        http: httpx.AsyncClient,
         client_credentials: bool,
-        introspection: Callable[[], TokenVerifier],
+        introspection: Callable[[], CheckingVerifier],
     ):
         super().__init__()
         self.settings = settings
-        self.provider_url = provider_url
+        self.provider = provider
         self.resource_url = resource_url
-        self.http = http
         self.client_credentials = client_credentials
         self._introspection = introspection
-        self.chosen: TokenVerifier | None = None
+        self.chosen: CheckingVerifier | None = None
         self.mode = "undecided"
         self._choosing = asyncio.Lock()
-        self._backoff = Backoff()
 
-    async def choose(self) -> TokenVerifier:
+    async def choose(self) -> CheckingVerifier:
         """The verifier to use; ConfigurationError if none fits, ProviderUnavailable if the
-        provider's metadata is needed and cannot be read now."""
+        provider's metadata cannot be read now."""
         if self.chosen is None:
             async with self._choosing:
                 if self.chosen is None:
                     self.chosen = await self._build()
-                    self.mode = "jwt" if isinstance(self.chosen, JwtVerifier) else "introspection"
-                    log.info("Checking bearer tokens by %s", self.mode)
+                    if isinstance(self.chosen, JwtVerifier):
+                        self.mode = "jwt"
+                        log.info("Validating JWTs against %s", self.chosen.keys.jwks_uri)
+                    else:
+                        self.mode = "introspection"
+                        log.info("Checking bearer tokens by introspection")
         return self.chosen
 
-    async def _build(self) -> TokenVerifier:
+    async def _build(self) -> CheckingVerifier:
         s = self.settings
+        metadata = await self.provider.metadata()
+        mode = choose_mode(s, metadata, client_credentials=self.client_credentials)
+        if mode == "introspection":
+            return self._introspection()
         if s.entra:
-            assert s.entra_tenant_id and s.entra_client_id
+            assert s.entra_tenant_id and s.entra_client_id  # from_env insists on both
             expect = Expectations.for_entra(
                 s.entra_tenant_id, s.entra_client_id, s.entra_app_id_uri
             )
-            return self._jwt(s.jwks_url or entra_jwks_url(s.entra_tenant_id), expect)
-        metadata = None
-        if s.mode != "introspection":
-            metadata = await discover_metadata(self.http, self.provider_url, self._backoff)
-        mode = choose_mode(
-            s, metadata, provider_url=self.provider_url, client_credentials=self.client_credentials
-        )
-        if mode == "introspection":
-            return self._introspection()
-        assert metadata is not None
-        jwks_uri = s.jwks_url or metadata.get("jwks_uri")
-        if not jwks_uri:
-            raise ConfigurationError(
-                f"provider {self.provider_url} has no jwks_uri: set MCP_JWKS_URL to its key set"
-            )
-        return self._jwt(jwks_uri, Expectations.for_provider(metadata["issuer"], self.resource_url))
-
-    def _jwt(self, jwks_uri: str, expect: Expectations) -> JwtVerifier:
-        s = self.settings
+        else:
+            expect = Expectations.for_provider(metadata.issuer, self.resource_url)
+        jwks_uri = s.jwks_url or metadata.jwks_uri
+        assert jwks_uri  # choose_mode picks jwt only with keys to check against
         keys = KeySetCache(
-            jwks_uri, self.http, ttl=s.jwks_cache_ttl, refetch_interval=s.jwks_refetch_interval
+            jwks_uri,
+            self.provider.http,
+            ttl=s.jwks_cache_ttl,
+            refetch_interval=s.jwks_refetch_interval,
         )
         return JwtVerifier(keys, expect, self.resource_url, leeway=s.leeway)
 
-    async def _chosen(self) -> TokenVerifier:
-        """As choose(), but settings that allow no check at all are this server's fault, never
-        the client's: logged and answered as unavailable (503), like bad RS credentials."""
+    async def check(self, token: str) -> AccessToken:
+        """As the chosen verifier's check. Settings that allow no check at all are this
+        server's fault, never the client's: logged and answered as unavailable (503)."""
         try:
-            return await self.choose()
+            chosen = await self.choose()
         except ConfigurationError as exc:
             log.error("Cannot check bearer tokens: %s", exc)
             raise ProviderUnavailable(str(exc), 30) from exc
-
-    async def check(self, token: str) -> AccessToken:
-        """As JwtVerifier.check, for whichever verifier was chosen."""
-        chosen = await self._chosen()
-        if isinstance(chosen, JwtVerifier):
-            return await chosen.check(token)
-        access = await chosen.verify_token(token)
-        if access is None:
-            raise TokenRefused("the authorization server reports the token inactive or not ours")
-        return access
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        return await (await self._chosen()).verify_token(token)
+        return await chosen.check(token)
 
     def metrics(self) -> dict[str, Any]:
         """The chosen verifier's counters, and which one it is."""

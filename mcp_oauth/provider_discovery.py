@@ -4,6 +4,8 @@ the resource server's own client credentials, and given room to recover when it 
 The provider is configured by its issuer URL alone. Every endpoint comes from its RFC 8414
 metadata (OpenID discovery as a fallback), so a provider that keeps introspection elsewhere,
 such as Keycloak's /realms/<name>/protocol/openid-connect/token/introspect, works unchanged.
+A provider whose document lives elsewhere is given a metadata URL as well; the issuer the
+document names must still be the configured one, because tokens are checked against it.
 Discovery is lazy: the resource server starts while the provider is down and looks again on
 first need. After a failure, calls fail fast for a growing pause (1 s, 2 s, 4 s … 30 s), so an
 outage costs callers nothing but a 503 with Retry-After instead of a pile of timeouts.
@@ -55,11 +57,18 @@ def metadata_urls(issuer: str) -> list[str]:
 
 @dataclass(frozen=True)
 class ProviderMetadata:
-    """The parts of the provider's metadata this resource server uses."""
+    """The provider's metadata document, and the parts of it this resource server uses.
+
+    Every endpoint is optional: what the provider offers decides how tokens are checked
+    (introspection or local JWT validation) and which tools can work.
+    """
 
     issuer: str
     """Exactly as the provider states it (RFC 8414 §3.3): advertised and compared verbatim."""
-    introspection_endpoint: str
+    document: dict[str, Any]
+    introspection_endpoint: str | None
+    jwks_uri: str | None
+    token_endpoint: str | None
     admin_grants_endpoint: str
     admin_revoke_user_endpoint: str
 
@@ -70,19 +79,23 @@ class ProviderMetadata:
         issuer = document.get("issuer")
         if not isinstance(issuer, str) or issuer.rstrip("/") != expected_issuer.rstrip("/"):
             raise ValueError(f"metadata names issuer {issuer!r}, expected {expected_issuer!r}")
-        introspection = document.get("introspection_endpoint")
-        if not isinstance(introspection, str):
-            raise ValueError("metadata has no introspection_endpoint")
+
+        def url(name: str, default: str | None = None) -> str | None:
+            value = document.get(name, default)
+            return value if isinstance(value, str) and value else None
+
         # The admin API is this project's extension: advertised when the provider says so,
         # otherwise at its documented place under the issuer.
         base = issuer.rstrip("/")
         return cls(
             issuer=issuer,
-            introspection_endpoint=introspection,
-            admin_grants_endpoint=document.get("admin_grants_endpoint", f"{base}/admin/grants"),
-            admin_revoke_user_endpoint=document.get(
-                "admin_revoke_user_endpoint", f"{base}/admin/revoke-user"
-            ),
+            document=document,
+            introspection_endpoint=url("introspection_endpoint"),
+            jwks_uri=url("jwks_uri"),
+            token_endpoint=url("token_endpoint"),
+            admin_grants_endpoint=url("admin_grants_endpoint") or f"{base}/admin/grants",
+            admin_revoke_user_endpoint=url("admin_revoke_user_endpoint")
+            or f"{base}/admin/revoke-user",
         )
 
 
@@ -114,10 +127,12 @@ class Backoff:
 
 
 class Provider:
-    """Metadata discovery, token introspection and the admin API of one authorization server.
+    """Metadata discovery, token introspection, token exchange and the admin API of one
+    authorization server.
 
-    Every call authenticates as the resource server (client_secret_basic); a user's token is
-    only ever sent to the introspection endpoint, as the thing being asked about.
+    Every call authenticates as the resource server (client_secret_basic unless the provider
+    documents otherwise); a user's token is only ever sent to this provider, as the thing
+    being asked about or exchanged.
     """
 
     def __init__(
@@ -127,9 +142,14 @@ class Provider:
         client_secret: str,
         http: httpx.AsyncClient,
         backoff: Backoff | None = None,
+        *,
+        metadata_url: str | None = None,
     ):
         self.issuer_url = issuer_url
+        self.metadata_url = metadata_url
+        """Where the metadata document is, when not at a well-known URL of the issuer."""
         self.http = http
+        self._credentials = {"client_id": client_id, "client_secret": client_secret}
         # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
         self._auth = httpx.BasicAuth(quote(client_id, safe=""), quote(client_secret, safe=""))
         self._backoff = backoff or Backoff()
@@ -143,15 +163,16 @@ class Provider:
                 if self._metadata is None:
                     self._metadata = await self._discover()
                     log.info(
-                        "Discovered authorization server %s (introspection at %s)",
+                        "Discovered authorization server %s (introspection %s, jwks_uri %s)",
                         self._metadata.issuer,
                         self._metadata.introspection_endpoint,
+                        self._metadata.jwks_uri,
                     )
         return self._metadata
 
     async def _discover(self) -> ProviderMetadata:
         problems = []
-        for url in metadata_urls(self.issuer_url):
+        for url in [self.metadata_url] if self.metadata_url else metadata_urls(self.issuer_url):
             response = await self._send("GET", url, auth=False)
             if response.status_code != 200:
                 problems.append(f"{url} answered {response.status_code}")
@@ -164,7 +185,10 @@ class Provider:
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 answer for `token`; raises ProviderUnavailable rather than guess."""
-        endpoint = (await self.metadata()).introspection_endpoint
+        metadata = await self.metadata()
+        endpoint = metadata.introspection_endpoint
+        if endpoint is None:  # the verifier choice prevents this; never guess an endpoint
+            raise ProviderUnavailable(f"{metadata.issuer} has no introspection_endpoint", 30)
         data = {"token": token, "token_type_hint": "access_token"}
         response = await self._send("POST", endpoint, data=data)
         if response.status_code != 200:
@@ -176,17 +200,33 @@ class Provider:
             )
         return self._json_object(response)
 
+    async def token(
+        self, form: dict[str, str], *, credentials_in_body: bool = False
+    ) -> dict[str, Any]:
+        """The token endpoint's answer to `form`, authenticated as this server: HTTP Basic, or
+        client_id and client_secret in the body where the provider documents that (Entra)."""
+        metadata = await self.metadata()
+        if metadata.token_endpoint is None:
+            raise ProviderError(f"{metadata.issuer} advertises no token_endpoint")
+        if credentials_in_body:
+            form = {**form, **self._credentials}
+        response = await self._send(
+            "POST", metadata.token_endpoint, data=form, auth=not credentials_in_body
+        )
+        return self._answer(response)
+
     async def active_grants(self) -> dict[str, Any]:
         """The admin API's list of active grants."""
         endpoint = (await self.metadata()).admin_grants_endpoint
-        return self._admin_answer(await self._send("GET", endpoint))
+        return self._answer(await self._send("GET", endpoint))
 
     async def revoke_user(self, username: str) -> dict[str, Any]:
         """Revoke every token of `username` through the admin API."""
         endpoint = (await self.metadata()).admin_revoke_user_endpoint
-        return self._admin_answer(await self._send("POST", endpoint, data={"username": username}))
+        return self._answer(await self._send("POST", endpoint, data={"username": username}))
 
-    def _admin_answer(self, response: httpx.Response) -> dict[str, Any]:
+    def _answer(self, response: httpx.Response) -> dict[str, Any]:
+        """A JSON object from a 200, or ProviderError with the provider's own reason."""
         if response.status_code == 200:
             return self._json_object(response)
         try:

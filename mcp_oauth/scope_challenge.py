@@ -6,7 +6,8 @@ needs in the tool/scope table, and answers the way RFC 6750, RFC 9728 and the MC
 authorization spec tell a client what to do next:
 
 - no token where one is needed       → 401, WWW-Authenticate names resource_metadata and scope
-- a token that is invalid or revoked → 401 as above, plus error="invalid_token"
+- a token that is invalid or revoked → 401 as above, plus error="invalid_token" and the reason
+                                       in error_description (also logged; the token never is)
 - a valid token without the scope    → 403 error="insufficient_scope" naming the tool's scope
 - the provider cannot be asked       → 503 with Retry-After (never a 401: that loops logins)
 
@@ -29,7 +30,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from fastmcp import FastMCP
-from fastmcp.server.auth import TokenVerifier
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.routes import cors_middleware
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
@@ -40,6 +40,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_oauth.provider_discovery import Provider, ProviderUnavailable
+from mcp_oauth.token_verifier import CheckingVerifier, TokenRefused
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,15 @@ class Challenges:
         self.login_scope = login_scope
         """Scope asked for when a request needs a user but no particular scope."""
 
-    def unauthorized(self, requirement: Requirement, *, token_sent: bool) -> Response:
+    def unauthorized(self, requirement: Requirement, *, refused: str | None = None) -> Response:
+        """401 for a request without a token, or with one refused for the reason `refused`."""
         scope = requirement if isinstance(requirement, str) else self.login_scope
-        params = [("error", "invalid_token")] if token_sent else []
+        params = []
+        if refused is not None:
+            params = [("error", "invalid_token"), ("error_description", refused)]
         params += [("resource_metadata", self.resource_metadata_url), ("scope", scope)]
-        description = (
-            "The bearer token is invalid, expired or revoked: obtain a new one."
-            if token_sent
-            else "This request needs a bearer token: see resource_metadata for where to get one."
+        description = refused or (
+            "This request needs a bearer token: see resource_metadata for where to get one."
         )
         return _bearer_response(401, params, description)
 
@@ -153,9 +155,16 @@ class Challenges:
 
 
 def _bearer_response(status: int, params: list[tuple[str, str]], description: str) -> Response:
-    challenge = "Bearer " + ", ".join(f'{name}="{value}"' for name, value in params)
+    challenge = "Bearer " + ", ".join(f'{name}="{quotable(value)}"' for name, value in params)
     body = {"error": dict(params).get("error", "unauthorized"), "error_description": description}
     return JSONResponse(body, status, headers={"WWW-Authenticate": challenge})
+
+
+def quotable(text: str, limit: int = 300) -> str:
+    """`text` as an RFC 6750 §3 attribute value: printable ASCII without `"` or `\\`.
+    A refusal reason may quote a claim of the (untrusted) token."""
+    text = text.replace('"', "'")
+    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text[:limit])
 
 
 def unavailable(exc: ProviderUnavailable) -> Response:
@@ -182,7 +191,7 @@ class OAuthGate:
         self,
         app: ASGIApp,
         *,
-        verifier: TokenVerifier,
+        verifier: CheckingVerifier,
         tools: ToolScopes,
         challenges: Challenges,
         max_body: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
@@ -221,13 +230,16 @@ class OAuthGate:
         if token is None:
             if requirement is PUBLIC:
                 return None
-            return self.challenges.unauthorized(requirement, token_sent=False)
+            return self.challenges.unauthorized(requirement)
         try:
-            access = await self.verifier.verify_token(token) if token else None
+            if not token:
+                raise TokenRefused("the Authorization header carries an empty bearer token")
+            access = await self.verifier.check(token)
         except ProviderUnavailable as exc:
             return unavailable(exc)
-        if access is None:
-            return self.challenges.unauthorized(requirement, token_sent=True)
+        except TokenRefused as refused:
+            log.info("Refused a bearer token: %s", refused)
+            return self.challenges.unauthorized(requirement, refused=str(refused))
         if not satisfied(requirement, access.scopes):
             assert isinstance(requirement, str)  # PUBLIC and SIGNED_IN are met by any token
             return self.challenges.forbidden(requirement)

@@ -5,7 +5,8 @@ The rules, and why:
   memory dump nor a debug print of the cache yields a usable credential.
 - A positive answer is reused for min(configured TTL, time left until the token's `exp`): a
   revoked token keeps working at most one TTL, an expired one never.
-- Refusals are cached briefly, so a client retrying a dead token cannot hammer the provider.
+- Refusals are cached briefly, with their reason, so a client retrying a dead token cannot
+  hammer the provider and still learns why it was refused.
 - Concurrent checks of one uncached token share a single introspection request.
 - `aud` must name this resource (RFC 8707) and `iss` must be our provider: a token minted for
   another service, or by another issuer, is refused even though it is active.
@@ -19,8 +20,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from cachetools import TLRUCache
@@ -31,6 +32,25 @@ from fastmcp.server.dependencies import get_access_token
 from mcp_oauth.provider_discovery import Provider, ProviderUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class TokenRefused(Exception):
+    """A token this server does not accept; the message says why, for logs and error_description."""
+
+
+class CheckingVerifier(TokenVerifier):
+    """A FastMCP token verifier that can say why it refuses a token."""
+
+    async def check(self, token: str) -> AccessToken:
+        """The token's grant; raises TokenRefused (with why) or ProviderUnavailable."""
+        raise NotImplementedError
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """FastMCP's interface: the grant, or None when refused."""
+        try:
+            return await self.check(token)
+        except TokenRefused:
+            return None
 
 
 def cache_key(token: str) -> bytes:
@@ -47,21 +67,31 @@ def audiences(aud: object) -> list[str]:
     return []
 
 
+def claims_refusal(
+    claims: Mapping[str, Any], *, issuers: Collection[str], resources: Collection[str]
+) -> str | None:
+    """Why `iss` or `aud` is not ours; None if both are. The issuer is compared verbatim
+    (RFC 8414), the audience ignoring a trailing slash (the same URL)."""
+    if claims.get("iss") not in issuers:
+        return f"token issuer {claims.get('iss')!r} is not {' or '.join(issuers)}"
+    wanted = {resource.rstrip("/") for resource in resources}
+    if not any(aud.rstrip("/") in wanted for aud in audiences(claims.get("aud"))):
+        return f"token audience {claims.get('aud')!r} is not this server ({' or '.join(resources)})"
+    return None
+
+
 def refusal(answer: dict[str, Any], *, resource: str, issuer: str, now: float) -> str | None:
     """Why an introspection answer does not admit a request to `resource`; None if it does."""
     if answer.get("active") is not True:
-        return "inactive"
+        return f"{issuer} reports the token inactive (expired, revoked or unknown)"
     token_type = answer.get("token_type")
     if token_type is not None and str(token_type).lower() != "bearer":
         return f"token_type {token_type!r} is not a bearer access token"
-    if answer.get("iss") != issuer:
-        return f"issued by {answer.get('iss')!r}, not {issuer!r}"
-    wanted = resource.rstrip("/")
-    if not any(aud.rstrip("/") == wanted for aud in audiences(answer.get("aud"))):
-        return f"audience {answer.get('aud')!r} does not include {resource}"
+    if reason := claims_refusal(answer, issuers=(issuer,), resources=(resource,)):
+        return reason
     exp = answer.get("exp")
     if exp is not None and (not isinstance(exp, int | float) or exp <= now):
-        return "expired"
+        return "token expired"
     return None
 
 
@@ -110,10 +140,11 @@ class Grant:
 
 class _Entry(NamedTuple):
     grant: Grant | None  # None: a cached refusal
+    refusal: str  # why, for the 401 and the log
     lifetime: float
 
 
-class IntrospectionVerifier(TokenVerifier):
+class IntrospectionVerifier(CheckingVerifier):
     """FastMCP token verifier that asks the provider's introspection endpoint, with a cache."""
 
     def __init__(
@@ -134,7 +165,7 @@ class IntrospectionVerifier(TokenVerifier):
         self._cache: TLRUCache[bytes, _Entry] = TLRUCache(
             cache_size, ttu=lambda _key, entry, now: now + entry.lifetime, timer=clock
         )
-        self._inflight: dict[bytes, asyncio.Task[Grant | None]] = {}
+        self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
         self.counters = {
             "cache_hits": 0,
             "cache_misses": 0,
@@ -143,13 +174,12 @@ class IntrospectionVerifier(TokenVerifier):
             "introspection_failures": 0,
         }
 
-    async def verify_token(self, token: str) -> AccessToken | None:
-        """The token's grant, or None if refused; raises ProviderUnavailable on provider trouble."""
+    async def check(self, token: str) -> AccessToken:
+        """The token's grant; raises TokenRefused, or ProviderUnavailable on provider trouble."""
         key = cache_key(token)
         entry = self._cache.get(key)
         if entry is not None:
             self.counters["cache_hits"] += 1
-            grant = entry.grant
         else:
             self.counters["cache_misses"] += 1
             task = self._inflight.get(key)
@@ -158,10 +188,12 @@ class IntrospectionVerifier(TokenVerifier):
             else:
                 self.counters["shared_introspections"] += 1
             # Shielded: a caller that goes away must not cancel the answer others wait for.
-            grant = await asyncio.shield(task)
-        return grant.access_token(token) if grant else None
+            entry = await asyncio.shield(task)
+        if entry.grant is None:
+            raise TokenRefused(entry.refusal)
+        return entry.grant.access_token(token)
 
-    async def _introspect(self, token: str, key: bytes) -> Grant | None:
+    async def _introspect(self, token: str, key: bytes) -> _Entry:
         try:
             self.counters["introspections"] += 1
             try:
@@ -175,17 +207,18 @@ class IntrospectionVerifier(TokenVerifier):
             if reason is None:
                 entry = _Entry(
                     Grant.from_answer(answer, self.resource_url),
+                    "",
                     entry_lifetime(self.cache_ttl, answer.get("exp"), now),
                 )
             else:
-                entry = _Entry(None, self.refusal_ttl)
+                entry = _Entry(None, reason, self.refusal_ttl)
             self._cache[key] = entry
             log.info(
                 "Introspected a token: %s; counters %s",
-                "accepted" if reason is None else f"refused ({reason})",
+                "accepted" if reason is None else "refused",
                 self.metrics(),
             )
-            return entry.grant
+            return entry
         finally:
             del self._inflight[key]
 
@@ -204,6 +237,8 @@ class Caller:
     client_id: str
     scopes: frozenset[str]
     expires_at: int | None
+    token: str = field(repr=False)
+    """The caller's own bearer token: only ever sent back to the provider (token exchange)."""
 
     @property
     def owner(self) -> str:
@@ -217,14 +252,18 @@ def current_caller() -> Caller:
     if token is None:
         raise ToolError("This tool needs a signed-in user: send a bearer token.")
     claims = token.claims or {}
-    username = claims.get("username") or token.subject
+    username = claims.get("username") or claims.get("preferred_username")
     subject = token.subject or username
     if not subject:
-        raise ToolError("The token names no user (no sub or username claim).")
+        if not token.client_id:
+            raise ToolError("The token names neither a user nor a client (no sub or client_id).")
+        # Client credentials: the client acts for itself, kept apart from any user's data.
+        subject = f"client:{token.client_id}"
     return Caller(
-        username=str(username),
+        username=str(username or subject),
         subject=str(subject),
         client_id=token.client_id,
         scopes=frozenset(token.scopes),
         expires_at=token.expires_at,
+        token=token.token,
     )

@@ -189,6 +189,7 @@ def test_anonymous_client_initializes_lists_tools_and_calls_public_info(stack):
         "save_user_note",
         "get_user_notes",
         "delete_user_note",
+        "get_downstream_profile",
         "admin_operation",
     }
     assert info["resource"] == stack.mcp_url and info["tools"]["admin_operation"] == "scope admin"
@@ -230,12 +231,17 @@ def test_anonymous_protected_call_gets_401_naming_metadata_and_scope(stack, tool
 
 
 @pytest.mark.parametrize("method", ["tools/call", "tools/list"])
-def test_invalid_token_gets_401_invalid_token(stack, method):
+def test_invalid_token_gets_401_invalid_token_saying_why(stack, method):
     response = rpc(stack, method, {"name": "read_data", "arguments": {}}, token="not-a-token")
     assert response.status_code == 401
+    why = f"{stack.issuer} reports the token inactive (expired, revoked or unknown)"
     assert response.headers["WWW-Authenticate"] == (
-        f'Bearer error="invalid_token", resource_metadata="{stack.metadata_url}", scope="read"'
+        f'Bearer error="invalid_token", error_description="{why}", '
+        f'resource_metadata="{stack.metadata_url}", scope="read"'
     )
+    assert response.json() == {"error": "invalid_token", "error_description": why}
+    assert f"Refused a bearer token: {why}" in stack.rs.output()
+    assert "not-a-token" not in stack.rs.output()
 
 
 def test_missing_scope_gets_403_insufficient_scope(stack):
@@ -261,11 +267,18 @@ ARGUMENTS = {
     "write_data": {"key": "matrix", "value": "x"},
     "save_user_note": {"text": "matrix"},
     "delete_user_note": {"note_id": 999_999},  # allowed, then a tool error: no such note
+    "get_downstream_profile": {},
     "admin_operation": {"action": "list_grants"},
 }
 ALLOWED = {
     "alice": set(ARGUMENTS) - {"admin_operation"},
-    "bob": {"get_user_profile", "list_available_resources", "read_data", "get_user_notes"},
+    "bob": {
+        "get_user_profile",
+        "list_available_resources",
+        "read_data",
+        "get_user_notes",
+        "get_downstream_profile",
+    },
     "admin": set(ARGUMENTS),
 }
 
@@ -354,13 +367,17 @@ def test_malformed_requests_never_get_a_5xx(stack):
 # -- tokens the server must refuse -----------------------------------------------------------
 
 
-def test_token_for_another_audience_is_refused(stack):
+def test_token_for_another_audience_is_refused_naming_the_audience(stack):
     other = stack.login("alice", resource="http://localhost:8000/mcp")["access_token"]
     no_audience = stack.login("alice", resource=None)["access_token"]
-    for token in [other, no_audience]:
+    for token, aud in [(other, "'http://localhost:8000/mcp'"), (no_audience, "None")]:
         response = call(stack, "get_user_profile", {}, token)
         assert response.status_code == 401
-        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+        why = f"token audience {aud} is not this server ({stack.mcp_url})"
+        assert (
+            f'error="invalid_token", error_description="{why}"'
+            in (response.headers["WWW-Authenticate"])
+        )
 
 
 def test_refresh_token_is_not_an_access_token(stack):

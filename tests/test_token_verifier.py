@@ -6,7 +6,9 @@ import hashlib
 
 import pytest
 
+from mcp_oauth.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
 from mcp_oauth.provider_discovery import Backoff, ProviderMetadata, metadata_urls
+from mcp_oauth.scope_challenge import quotable
 from mcp_oauth.token_verifier import Grant, audiences, cache_key, entry_lifetime, refusal
 
 ISSUER = "http://127.0.0.1:9000"
@@ -40,12 +42,15 @@ def refused(a: dict) -> str | None:
 
 
 def test_inactive_is_refused():
-    assert refused({"active": False}) == "inactive"
-    assert refused(answer(active="true")) == "inactive"  # only JSON true counts
+    inactive = f"{ISSUER} reports the token inactive (expired, revoked or unknown)"
+    assert refused({"active": False}) == inactive
+    assert refused(answer(active="true")) == inactive  # only JSON true counts
 
 
 def test_audience_must_include_this_resource():
-    assert "audience" in refused(answer(aud="http://127.0.0.1:8001/mcp"))
+    assert refused(answer(aud="http://127.0.0.1:8001/mcp")) == (
+        f"token audience 'http://127.0.0.1:8001/mcp' is not this server ({RESOURCE})"
+    )
     assert "audience" in refused(answer(aud=None))  # a token requested without `resource`
     assert "audience" in refused(answer(aud=["https://other.example/api"]))
     assert refused(answer(aud=["https://other.example/api", RESOURCE])) is None
@@ -53,14 +58,16 @@ def test_audience_must_include_this_resource():
 
 
 def test_issuer_must_be_our_provider():
-    assert "issued by" in refused(answer(iss="http://evil.example"))
-    assert "issued by" in refused(answer(iss=None))
-    assert "issued by" in refused(answer(iss=ISSUER + "/"))  # RFC 8414: compared verbatim
+    assert refused(answer(iss="http://evil.example")) == (
+        f"token issuer 'http://evil.example' is not {ISSUER}"
+    )
+    assert "token issuer None" in refused(answer(iss=None))
+    assert "token issuer" in refused(answer(iss=ISSUER + "/"))  # RFC 8414: compared verbatim
 
 
 def test_expired_and_refresh_tokens_are_refused():
-    assert refused(answer(exp=int(NOW))) == "expired"
-    assert refused(answer(exp="tomorrow")) == "expired"
+    assert refused(answer(exp=int(NOW))) == "token expired"
+    assert refused(answer(exp="tomorrow")) == "token expired"
     assert "token_type" in refused(answer(token_type="refresh_token"))
     assert refused(answer(token_type="bearer")) is None
 
@@ -130,20 +137,26 @@ def test_metadata_urls_insert_the_issuer_path_then_fall_back_to_openid():
     ]
 
 
-def test_metadata_keeps_the_issuer_verbatim_and_uses_the_named_introspection_endpoint():
+def test_metadata_keeps_the_issuer_verbatim_and_uses_the_named_endpoints():
+    realm = "https://sso.example/realms/x"
     keycloak = {
-        "issuer": "https://sso.example/realms/x",
-        "introspection_endpoint": "https://sso.example/realms/x/protocol/openid-connect/token/introspect",
+        "issuer": realm,
+        "introspection_endpoint": f"{realm}/protocol/openid-connect/token/introspect",
+        "jwks_uri": f"{realm}/protocol/openid-connect/certs",
+        "token_endpoint": f"{realm}/protocol/openid-connect/token",
     }
-    metadata = ProviderMetadata.from_document(keycloak, "https://sso.example/realms/x")
-    assert metadata.issuer == "https://sso.example/realms/x"
+    metadata = ProviderMetadata.from_document(keycloak, realm)
+    assert metadata.issuer == realm and metadata.document == keycloak
     assert metadata.introspection_endpoint.endswith("/protocol/openid-connect/token/introspect")
+    assert metadata.jwks_uri.endswith("/certs") and metadata.token_endpoint.endswith("/token")
     with pytest.raises(ValueError, match="issuer"):
         ProviderMetadata.from_document(keycloak, "https://sso.example/realms/y")
-    with pytest.raises(ValueError, match="introspection_endpoint"):
-        ProviderMetadata.from_document(
-            {"issuer": "https://sso.example/realms/x"}, keycloak["issuer"]
-        )
+
+
+def test_metadata_endpoints_are_optional_as_entra_has_no_introspection():
+    bare = ProviderMetadata.from_document({"issuer": ISSUER, "jwks_uri": 7}, ISSUER)
+    assert bare.introspection_endpoint is bare.jwks_uri is bare.token_endpoint is None
+    assert bare.admin_grants_endpoint == f"{ISSUER}/admin/grants"
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets_on_success():
@@ -156,3 +169,38 @@ def test_backoff_doubles_up_to_its_cap_and_resets_on_success():
     assert backoff.remaining() == 0
     backoff.succeeded()
     assert backoff.failed() == 1
+
+
+# -- what a 401 may say, and token exchange requests ------------------------------------------
+
+
+def test_refusal_reason_is_made_safe_for_the_challenge_header():
+    assert quotable("token issuer 'x' is not y") == "token issuer 'x' is not y"
+    assert quotable('token issuer "a\\b\r\nSet-Cookie: x" é') == (
+        "token issuer 'a?b??Set-Cookie: x' ?"
+    )
+    assert len(quotable("x" * 1000)) == 300
+
+
+def test_exchange_forms_carry_the_callers_token_only_to_the_provider():
+    assert token_exchange_form("t", "http://as/userinfo") == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": "t",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "resource": "http://as/userinfo",
+    }
+    assert token_exchange_form("t", "downstream-api")["audience"] == "downstream-api"
+    assert entra_obo_form("t", "api://downstream/") == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "assertion": "t",
+        "requested_token_use": "on_behalf_of",
+        "scope": "api://downstream/.default",
+    }
+
+
+def test_exchange_cache_key_is_per_user_scopes_and_audience():
+    key = exchange_key("alice", ["write", "read"], "http://as/userinfo")
+    assert key == exchange_key("alice", ["read", "write"], "http://as/userinfo")
+    assert key != exchange_key("alice", ["read"], "http://as/userinfo")
+    assert key != exchange_key("bob", ["read", "write"], "http://as/userinfo")
+    assert key != exchange_key("alice", ["read", "write"], "http://other/api")
