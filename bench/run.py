@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import platform
@@ -47,6 +48,13 @@ from bench import stack  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 130)
+STARTED = time.monotonic()
+
+
+def phase(text: str) -> None:
+    console.print(f"[bold]{text}[/] [dim](at {time.monotonic() - STARTED:.0f} s)[/]")
+
+
 LOADGEN = ROOT / "bench" / "loadgen.py"
 TOOL = "get_user_profile"
 # What every good answer contains: an active token, an issued token, a tool result.
@@ -150,7 +158,7 @@ class Bench:
         """Every scenario once per round, in turn; keep the median of the rounds."""
         runs: dict[str, list[dict]] = {s.name: [] for s in scenarios}
         for number in range(self.rounds):
-            console.print(f"[bold]round {number + 1}/{self.rounds}[/]")
+            phase(f"round {number + 1}/{self.rounds}")
             for s in scenarios:
                 runs[s.name].append(self.show(self.measure(s)))
         for name, rounds in runs.items():
@@ -168,15 +176,18 @@ class Bench:
 
 def prime(s: Scenario) -> None:
     """Every distinct request once before any measuring: a fresh server's first calls, and
-    a token's first call (its introspection), pay one-time costs."""
-    with httpx.Client(base_url=s.url, timeout=30) as http:
+    a token's first call (its introspection), pay one-time costs. Also a smoke check."""
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(s.url))
+    with httpx.Client(base_url=origin, timeout=30) as http:
         for request in s.current_spec()["requests"][:64]:
-            http.request(
+            response = http.request(
                 request["method"],
                 request["path"],
                 headers=request["headers"],
                 content=request["body"],
             )
+            if response.status_code != 200:
+                raise RuntimeError(f"{s.label}: HTTP {response.status_code} {response.text[:300]}")
 
 
 def combine(rounds: list[dict]) -> dict:
@@ -207,16 +218,9 @@ class Servers:
 
 
 def jwt_mode_env() -> dict[str, str] | None:
-    """The resource server's setting for local JWT validation, if its --help offers one."""
-    shown = subprocess.run(
-        [sys.executable, "mcp_resource_server.py", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return {"MCP_TOKEN_VALIDATION": "jwt"} if "MCP_TOKEN_VALIDATION" in shown.stdout else None
+    """The resource server's setting for local JWT validation, once it has one."""
+    source = (ROOT / "mcp_resource_server.py").read_text()
+    return {"MCP_TOKEN_VALIDATION": "jwt"} if "MCP_TOKEN_VALIDATION" in source else None
 
 
 def start_servers(exits: ExitStack, tmp: Path, ttl: float, notes: list[str]) -> Servers:
@@ -225,8 +229,8 @@ def start_servers(exits: ExitStack, tmp: Path, ttl: float, notes: list[str]) -> 
     jwt_env = jwt_mode_env()
     if jwt_env is None:
         notes.append(
-            "JWT mode skipped: mcp_resource_server.py --help shows no "
-            "MCP_TOKEN_VALIDATION (no JWT validation mode yet)"
+            "JWT mode skipped: mcp_resource_server.py has no MCP_TOKEN_VALIDATION setting "
+            "(no JWT validation mode yet)"
         )
     provider = stack.provider(tmp, [urls["cached"], urls["uncached"]])
     jwt_provider = stack.provider(tmp, [urls["jwt"]], "jwt") if jwt_env else None
@@ -261,12 +265,13 @@ def start_servers(exits: ExitStack, tmp: Path, ttl: float, notes: list[str]) -> 
 # -- the scenarios -----------------------------------------------------------------------------
 
 
-def compared_scenarios(servers: Servers, connections: int) -> list[Scenario]:
-    """The scenarios whose figures are set against each other (run interleaved)."""
+def compared_scenarios(servers: Servers, connections: int, pool: int) -> list[Scenario]:
+    """The scenarios whose figures are set against each other (run interleaved); the
+    introspection runs cycle through `pool` tokens."""
     peer, provider, bare = servers.peer, servers.provider, servers.bare_starlette
     issuer, rs_url = provider.url, servers.urls["cached"]
     rs_auth = (stack.RS_CLIENT_ID, stack.RS_SECRET)
-    ours = stack.our_client_credentials(issuer, rs_url, 64)
+    ours = stack.our_client_credentials(issuer, rs_url, pool)
     our_introspections = [form_post(f"{issuer}/introspect", {"token": t}, rs_auth) for t in ours]
     our_cc = form_post(f"{issuer}/token", cc_form(rs_url), rs_auth)
     peer_client = (stack.BENCH_CLIENT_ID, peer.client_secret)
@@ -276,7 +281,7 @@ def compared_scenarios(servers: Servers, connections: int) -> list[Scenario]:
         # oidc-provider's in-memory store is an LRU of 1000 entries: the client_credentials
         # runs in between evict earlier tokens, so each run gets new ones.
         auth = (stack.RS_CLIENT_ID, peer.rs_client_secret)
-        tokens = stack.peer_client_credentials(peer, 64)
+        tokens = stack.peer_client_credentials(peer, pool)
         return {
             "requests": [form_post(peer.introspection_endpoint, {"token": t}, auth) for t in tokens]
         }
@@ -519,9 +524,8 @@ def targets(results: dict) -> list[dict]:
 
 
 def machine(users_file: Path) -> dict:
-    def importable(module: str) -> bool:
-        probe = [sys.executable, "-c", f"import {module}"]
-        return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    def importable(module: str) -> bool:  # what uvicorn's "auto" choices will find
+        return importlib.util.find_spec(module) is not None
 
     alice = yaml.safe_load(users_file.read_text())["users"][stack.USER]["password_hash"]
     argon = extract_parameters(alice)
@@ -614,9 +618,10 @@ def main(argv: list[str] | None = None) -> int:
             "other work shared the cores, figures are noisier"
         )
     with tempfile.TemporaryDirectory(prefix="mcp-oauth-bench-") as tmp, ExitStack() as exits:
-        console.print(f"[bold]starting servers[/] in {tmp}")
+        phase(f"starting servers in {tmp}")
         servers = start_servers(exits, Path(tmp), ttl, bench.notes)
-        compared = compared_scenarios(servers, args.connections)
+        phase("preparing tokens")
+        compared = compared_scenarios(servers, args.connections, 16 if args.quick else 64)
         for scenario in compared:
             prime(scenario)
         database = servers.provider.database
@@ -625,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         cc = bench.results["client_credentials"]
         cc["tokens_issued"] = cc["ok_total"]
         cc["tokens_stored"] = stack.count_tokens(database, stack.RS_CLIENT_ID) - stored_before
-        console.print("[bold]single runs[/]")
+        phase("single runs")
         bench.once(refresh_scenario(servers, args.connections))
         bench.once(login_scenario(servers, max(3.0, duration * 2)))
         concurrent_first_calls(bench, servers)
