@@ -9,6 +9,7 @@ transaction that stores the new tokens (see storage.py), so replays and races fa
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from .records import (
     DeviceRecord,
     TokenRecord,
     is_loopback_redirect,
+    printable,
     scope_set,
     scope_str,
 )
@@ -78,7 +80,7 @@ def requested_resource(server: AuthorizationServer, request) -> str | None:
     if not values:
         return None
     if values[0] not in server.resources:
-        raise InvalidTargetError(f"unknown resource: {values[0]}")
+        raise InvalidTargetError(f"unknown resource: {printable(values[0])}")
     return values[0]
 
 
@@ -274,7 +276,7 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
             raise InvalidGrantError("subject_token has no user to act on behalf of")
         target = form.get("audience") or requested_resource(self.server, self.request)
         if target not in self.server.resources:
-            raise InvalidTargetError(f"unknown audience or resource: {target}")
+            raise InvalidTargetError(f"unknown audience or resource: {printable(target)}")
         requested = scope_set(self.request.payload.scope)
         if not requested <= scope_set(subject.scope):
             raise InvalidScopeError("the requested scope is wider than the subject token's")
@@ -447,11 +449,16 @@ class ClientRegistration(ClientRegistrationEndpoint):
         return info
 
     def extract_client_metadata(self, request) -> dict:
+        check_metadata_types(request.payload.data)
         metadata = super().extract_client_metadata(request)
         redirect_uris = metadata.get("redirect_uris") or []
         grant_types = metadata.setdefault("grant_types", ["authorization_code"])
         metadata.setdefault("response_types", ["code"])
-        metadata.setdefault("token_endpoint_auth_method", "client_secret_basic")
+        method = metadata.setdefault("token_endpoint_auth_method", "client_secret_basic")
+        if method not in ANY_CLIENT_AUTH:
+            raise InvalidClientMetadata(
+                f"token_endpoint_auth_method must be one of {ANY_CLIENT_AUTH}"
+            )
         if not set(grant_types) <= self.ALLOWED_GRANT_TYPES:
             raise InvalidClientMetadata(
                 f"grant_types may only contain {sorted(self.ALLOWED_GRANT_TYPES)}"
@@ -463,11 +470,11 @@ class ClientRegistration(ClientRegistrationEndpoint):
         for uri in redirect_uris:
             problem = redirect_uri_problem(uri)
             if problem:
-                raise InvalidRedirectUri(f"{uri}: {problem}")
+                raise InvalidRedirectUri(f"{printable(uri)}: {problem}")
         requested = scope_set(metadata.get("scope")) or set(self.server.scopes_supported)
         unknown = requested - set(self.server.scopes_supported)
         if unknown:
-            raise InvalidClientMetadata(f"unknown scope: {scope_str(unknown)}")
+            raise InvalidClientMetadata(f"unknown scope: {printable(scope_str(unknown))}")
         metadata["scope"] = scope_str(requested)
         return metadata
 
@@ -486,8 +493,43 @@ class InvalidClientMetadata(OAuth2Error):
     error = "invalid_client_metadata"
 
 
+# Registration metadata (RFC 7591 §2) this server reads, and the JSON type each must have.
+METADATA_TYPES: dict[str, type] = {
+    "redirect_uris": list,
+    "grant_types": list,
+    "response_types": list,
+    "contacts": list,
+    "token_endpoint_auth_method": str,
+    "client_name": str,
+    "client_uri": str,
+    "logo_uri": str,
+    "scope": str,
+    "tos_uri": str,
+    "policy_uri": str,
+    "jwks_uri": str,
+    "software_id": str,
+    "software_version": str,
+    "jwks": dict,
+}
+URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+
+
+def check_metadata_types(data: dict) -> None:
+    """Refuse wrongly typed metadata up front (Authlib's claim checks assume the types)."""
+    for name, expected in METADATA_TYPES.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, expected):
+            raise InvalidClientMetadata(f"{name} must be a JSON {expected.__name__}")
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise InvalidClientMetadata(f"{name} must be a list of strings")
+
+
 def redirect_uri_problem(uri: str) -> str | None:
     """Why a redirect URI may not be registered (RFC 8252, RFC 9700 §4.1), or None."""
+    if not URI_CHARACTERS.fullmatch(uri):
+        return "not a valid URI (RFC 3986)"
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -527,4 +569,4 @@ def register_grants_and_endpoints(server: AuthorizationServer) -> None:
 def check_scope_known(server: AuthorizationServer, scope: str | None) -> None:
     unknown = scope_set(scope) - set(server.scopes_supported)
     if unknown:
-        raise InvalidScopeError(f"unknown scope: {scope_str(unknown)}")
+        raise InvalidScopeError(f"unknown scope: {printable(scope_str(unknown))}")

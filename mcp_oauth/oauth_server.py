@@ -8,10 +8,14 @@ grant and endpoint code runs in a worker thread (it talks to the database), and 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from authlib.consts import default_json_headers
 from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer
@@ -23,12 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .grants import register_grants_and_endpoints
-from .records import ClientRecord
+from .records import ClientRecord, printable
 from .storage import Store
 from .token_issuer import TokenIssuer
 from .users_file import Account, Resource
 
 log = logging.getLogger("oauth_provider")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 GRANT_TYPES = [
     "authorization_code",
@@ -99,11 +104,27 @@ async def read_parameters(request: Request) -> list[tuple[str, str]]:
     seen: set[str] = set()
     for key, value in items:
         if not isinstance(value, str):
-            raise InvalidRequestError(f"parameter {key} must be a string")
+            raise InvalidRequestError(f"parameter {printable(key)} must be a string")
+        if CONTROL_CHARACTERS.search(key) or CONTROL_CHARACTERS.search(value):
+            raise InvalidRequestError(f"parameter {printable(key)} contains control characters")
         if key in seen and key != "resource":
-            raise InvalidRequestError(f"parameter {key} was sent more than once")
+            raise InvalidRequestError(f"parameter {printable(key)} was sent more than once")
         seen.add(key)
     return items
+
+
+def check_basic_credentials(headers) -> None:
+    """Authlib assumes Basic credentials decode to UTF-8 text; refuse the ones that do not
+    (RFC 6749 §2.3.1) with invalid_client instead of letting them crash the request."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = None
+    if decoded is None or ":" not in decoded or CONTROL_CHARACTERS.search(unquote(decoded)):
+        raise InvalidClientError(status_code=401, description="malformed Basic credentials")
 
 
 @dataclass
@@ -194,6 +215,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     # -- request adapters -----------------------------------------------------------------
 
     async def oauth2_request(self, request: Request) -> StarletteOAuth2Request:
+        check_basic_credentials(request.headers)
         items = await read_parameters(request)
         return self.make_request(request.method, request.url.path, request, items)
 
@@ -205,7 +227,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     async def json_request(self, request: Request) -> JsonRequest:
         try:
             data = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidRequestError("the body must be a JSON object") from exc
         if not isinstance(data, dict):
             raise InvalidRequestError("the body must be a JSON object")
@@ -232,16 +254,25 @@ class AuthorizationServer(AuthlibAuthorizationServer):
             json_request = await self.json_request(request)
         except OAuth2Error as error:
             return self.error_response(error)
-        return await run_in_threadpool(
-            self.create_endpoint_response, "client_registration", json_request
-        )
+        try:
+            return await run_in_threadpool(
+                self.create_endpoint_response, "client_registration", json_request
+            )
+        except ValueError:  # Authlib refuses to echo characters RFC 6749 forbids in errors
+            return self.error_response(
+                InvalidRequestError("a metadata value contains characters that are not allowed")
+            )
 
     async def _run(self, request: Request, handler, *args) -> Response:
         try:
             oauth_request = await self.oauth2_request(request)
+            return await run_in_threadpool(handler, *args, oauth_request)
         except OAuth2Error as error:
             return self.error_response(error)
-        return await run_in_threadpool(handler, *args, oauth_request)
+        except ValueError:  # Authlib refuses to echo characters RFC 6749 forbids in errors
+            return self.error_response(
+                InvalidRequestError("a parameter contains characters that are not allowed")
+            )
 
     def authenticate_resource_server(self, oauth_request: StarletteOAuth2Request) -> ClientRecord:
         """Client authentication for the admin API: only resource-server clients pass."""

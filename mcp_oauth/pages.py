@@ -105,10 +105,11 @@ class Pages:
         location = add_params_to_uri(location, [("iss", self.server.issuer_url)])
         return RedirectResponse(location, status_code=302)
 
-    def oauth_error(self, request: Request, error: OAuth2Error) -> Response:
-        """Redirect the error to the client only when its redirect_uri was verified;
-        otherwise show it here (an unknown client or a bad redirect_uri never redirects)."""
-        if error.redirect_uri:
+    def oauth_error(self, request: Request, error: OAuth2Error, *, redirect: bool) -> Response:
+        """Redirect the error to the client only when its redirect_uri was verified and the
+        redirect is allowed; otherwise show it here (an unknown client or a bad redirect_uri
+        never redirects)."""
+        if error.redirect_uri and redirect:
             status, _, headers = error()
             return self.client_redirect(dict(headers)["Location"])
         return message_page(
@@ -122,18 +123,39 @@ class Pages:
 
     # -- /authorize -------------------------------------------------------------------------
 
+    async def validated(self, request: Request, oauth_request, account):
+        """Authlib's validation of an authorization request: (grant, None), or (None, the
+        response that reports its error).
+
+        An error goes back to the client's redirect_uri only for a pre-registered client or
+        a signed-in user: anyone can register a client, and redirecting their errors for an
+        anonymous visitor would make this server an open redirector (RFC 9700 §4.11.2)."""
+        try:
+            grant = await run_in_threadpool(self.server.get_consent_grant, oauth_request, account)
+            return grant, None
+        except OAuth2Error as error:
+            client = oauth_request.client
+            trusted = account is not None or (client is not None and client.preregistered)
+            return None, self.oauth_error(request, error, redirect=trusted)
+        except ValueError:  # Authlib refuses to echo characters RFC 6749 forbids in errors
+            return None, message_page(
+                request,
+                400,
+                "This sign-in link is not valid",
+                "A parameter contains characters that are not allowed.",
+            )
+
     async def authorize(self, request: Request) -> Response:
         try:
             oauth_request = await self.server.oauth2_request(request)
         except OAuth2Error as error:
-            return self.oauth_error(request, error)
+            return self.oauth_error(request, error, redirect=False)
         if request.method == "POST":
             return await self.decide(request, oauth_request)
         account = self.signed_in(request)
-        try:
-            grant = await run_in_threadpool(self.server.get_consent_grant, oauth_request, account)
-        except OAuth2Error as error:
-            return self.oauth_error(request, error)
+        grant, problem = await self.validated(request, oauth_request, account)
+        if problem:
+            return problem
         client = grant.client
         if account is None:
             return self.login_page(
@@ -172,10 +194,9 @@ class Pages:
         if account is None:
             return self.login_page(request, "/authorize?" + urlencode(params))
         oauth_request = self.server.make_request("POST", "/authorize", request, params)
-        try:
-            grant = await run_in_threadpool(self.server.get_consent_grant, oauth_request, account)
-        except OAuth2Error as error:
-            return self.oauth_error(request, error)
+        grant, problem = await self.validated(request, oauth_request, account)
+        if problem:
+            return problem
         approved = form.get("decision") == "approve"
         response = await run_in_threadpool(
             self.server.create_authorization_response,
@@ -196,8 +217,11 @@ class Pages:
         try:
             form = dict(await read_parameters(request))
         except OAuth2Error:
-            return message_page(
-                request, 400, "Please try again", "The sign-in form was not understood."
+            return self.login_page(
+                request,
+                "/device",
+                status=400,
+                error="The sign-in form was not understood. Please sign in again.",
             )
         next_target = safe_next(form.get("next", ""))
         username = form.get("username", "")[:200]
@@ -261,8 +285,14 @@ class Pages:
             form = dict(await read_parameters(request))
         except OAuth2Error:
             form = {}
-        if csrf_ok(request, form):
-            request.session.clear()
+        if not csrf_ok(request, form):
+            return message_page(
+                request,
+                400,
+                "Please try again",
+                "This form expired or did not come from this site.",
+            )
+        request.session.clear()
         return message_page(request, 200, "Signed out", "You are signed out.", is_error=False)
 
     # -- /device (RFC 8628 §3.3) -------------------------------------------------------------

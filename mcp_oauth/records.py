@@ -9,13 +9,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
 from authlib.oauth2.rfc8628 import DeviceCredentialMixin
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def printable(value: object, limit: int = 100) -> str:
+    """A value safe to echo in an error_description: RFC 6749 §5.2 allows only printable
+    ASCII without `"` and `\\` there (Authlib refuses anything else with a ValueError)."""
+    text = str(value)[:limit]
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
 
 
 def scope_set(scope: str | None) -> set[str]:
@@ -59,10 +66,11 @@ def redirect_uri_matches(registered: str, requested: str) -> bool:
 @dataclass
 class ClientRecord(ClientMixin):
     client_id: str
-    secret_hash: str | None
+    secret_hash: str | None = field(repr=False)  # never in logs, even hashed
     metadata: dict
     resource_server: bool = False
     may_exchange_tokens: bool = False
+    preregistered: bool = False
 
     @property
     def client_name(self) -> str:

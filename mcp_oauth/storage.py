@@ -31,12 +31,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
     insert,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -50,6 +54,8 @@ def secret_hash(value: str) -> str:
 def now() -> int:
     return int(time.time())
 
+
+LOGIN_FAILURE_WINDOW = 900  # seconds after which a failed sign-in no longer counts
 
 metadata = MetaData()
 
@@ -200,7 +206,22 @@ class Store:
 
     def __init__(self, url: str):
         self.engine = create_storage_engine(url)
-        metadata.create_all(self.engine)
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together on an empty database: one creates the tables.
+                # (On SQLite the write transaction itself serializes them.)
+                conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
+            metadata.create_all(conn)
+
+    def _upsert(self, conn: Connection, table: Table, row: dict, on_conflict: dict) -> None:
+        """INSERT row, or apply on_conflict to the row with its primary key, atomically (two
+        replicas writing the same key at once must not fail)."""
+        insert_for = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(
+            insert_for(table)
+            .values(**row)
+            .on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=on_conflict)
+        )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -250,13 +271,9 @@ class Store:
             "preregistered": preregistered,
         }
         with self._write() as conn:
-            changed = conn.execute(
-                update(clients).where(clients.c.client_id == client_id).values(**values)
-            ).rowcount
-            if not changed:
-                conn.execute(
-                    insert(clients).values(client_id=client_id, created_at=now(), **values)
-                )
+            self._upsert(
+                conn, clients, {"client_id": client_id, "created_at": now(), **values}, values
+            )
 
     def get_client(self, client_id: str) -> ClientRecord | None:
         with self.engine.connect() as conn:
@@ -269,6 +286,7 @@ class Store:
             metadata=json.loads(row.metadata_json),
             resource_server=row.resource_server,
             may_exchange_tokens=row.may_exchange_tokens,
+            preregistered=row.preregistered,
         )
 
     # -- authorization codes -------------------------------------------------------------
@@ -622,7 +640,8 @@ class Store:
     # -- login throttling ----------------------------------------------------------------
 
     def login_failures(self, keys: list[str]) -> list[tuple[int, int]]:
-        """(failures, last_failure_at) for each key, zeros when there are none."""
+        """(failures, last_failure_at) for each key; zeros when there are none, or when the
+        last one is older than LOGIN_FAILURE_WINDOW."""
         with self.engine.connect() as conn:
             rows = {
                 row.key: (row.failures, row.last_failure_at)
@@ -630,21 +649,26 @@ class Store:
                     select(login_failures).where(login_failures.c.key.in_(keys))
                 )
             }
-        return [rows.get(key, (0, 0)) for key in keys]
+        recent = now() - LOGIN_FAILURE_WINDOW
+        return [rows[key] if key in rows and rows[key][1] > recent else (0, 0) for key in keys]
 
     def record_login_failure(self, keys: list[str]) -> None:
+        """Count one more failure per key; a count whose last failure is older than
+        LOGIN_FAILURE_WINDOW starts again from one, so old failures stop mattering."""
         stamp = now()
+        table = login_failures
+        restart = table.c.last_failure_at <= stamp - LOGIN_FAILURE_WINDOW
         with self._write() as conn:
             for key in keys:
-                bumped = conn.execute(
-                    update(login_failures)
-                    .where(login_failures.c.key == key)
-                    .values(failures=login_failures.c.failures + 1, last_failure_at=stamp)
-                ).rowcount
-                if not bumped:
-                    conn.execute(
-                        insert(login_failures).values(key=key, failures=1, last_failure_at=stamp)
-                    )
+                self._upsert(
+                    conn,
+                    table,
+                    {"key": key, "failures": 1, "last_failure_at": stamp},  # the first failure
+                    {
+                        "failures": case((restart, 1), else_=table.c.failures + 1),
+                        "last_failure_at": stamp,
+                    },
+                )
 
     def clear_login_failures(self, keys: list[str]) -> None:
         with self._write() as conn:
