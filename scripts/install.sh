@@ -5,13 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
+LOG=.venv/install.log
+
+pip_install() {  # quiet unless it fails: then show why
+  .venv/bin/python -m pip install --quiet "$@" > "$LOG" 2>&1 || { cat "$LOG"; exit 1; }
+}
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
 
 if [ "${1:-}" = "--test" ]; then
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  pip_install -e ".[test]"
   missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
@@ -23,5 +28,5 @@ if [ "${1:-}" = "--test" ]; then
     fi
   fi
 else
-  .venv/bin/python -m pip install --quiet -e .
+  pip_install -e .
 fi
