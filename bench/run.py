@@ -604,6 +604,34 @@ def report(run: dict) -> None:
     console.print(f"machine: {run['machine']}")
 
 
+def markdown(run: dict) -> str:
+    """The same report as Markdown tables, to paste into the README."""
+    m = run["machine"]
+    lines = [
+        f"{run['mode']} run, {run['rounds']} interleaved round(s) × {run['duration_s']} s, "
+        f"{run['connections']} connections; {m['cpus']} cores shared by servers and load "
+        f"generator (load average {m['load_average_at_start']} at start); Python {m['python']}, "
+        f"uvicorn on {m['uvicorn_http']} + {m['event_loop']}, node {m['node']}, "
+        f"SQLite {m['sqlite']}, {m['argon2']}.",
+        "",
+        "| scenario | conns | req/s | p50 ms | p99 ms | server CPU ms/req |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in run["results"].values():
+        if "rps" in r:
+            lines.append(
+                f"| {r['label']} | {r['connections']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} "
+                f"| {fmt(r['p99_ms'], 2)} | {fmt(r['server_cpu_ms'], 2)} |"
+            )
+    lines += ["", "| ratio | value |", "|---|--:|"]
+    lines += [f"| {name} | {fmt(value, 2)} |" for name, value in run["ratios"].items()]
+    lines += ["", "| target | measured | goal | result |", "|---|--:|---|---|"]
+    verdict = {True: "met", False: "**not met**", None: "skipped"}
+    for t in run["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {t['goal']} | {verdict[t['met']]} |")
+    return "\n".join(lines + [""] + [f"Note: {note}" for note in run["notes"]]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
@@ -661,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     report(run)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
-    console.print(f"written to {args.json} in {run['wall_s']} s")
+    args.json.with_suffix(".md").write_text(markdown(run))
+    console.print(f"written to {args.json} (and .md) in {run['wall_s']} s")
     # A smoke test fails on wrong answers, never on speed.
     wrong = [r for r in bench.results.values() if r.get("errors") or r.get("worker_failures")]
     revocation = bench.results.get("revocation", {})
