@@ -173,10 +173,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         resource = token_request_resource(self.server, self.request, code.resource)
         spec = GrantSpec(self.client.client_id, account.username, code.scope, resource)
         body, issued = self.server.issuer.issue(
-            client_id=spec.client_id,
-            username=spec.username,
-            scope=spec.scope,
-            resource=resource,
+            spec,
             with_refresh=self.client.check_grant_type("refresh_token"),
         )
         if not self.server.store.redeem_code(code, spec, issued):
@@ -214,16 +211,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         # The scope may narrow, never widen (checked by Authlib against the refresh token's
         # scope); the user's current allowance in users.yaml applies at every refresh.
         scope = scope_str(scope_set(self.request.payload.scope or old.scope) & account.scopes)
-        spec = GrantSpec(self.client.client_id, account.username, scope, resource)
-        spec.grant_id = old.grant_id
-        body, issued = self.server.issuer.issue(
-            client_id=spec.client_id,
-            username=spec.username,
-            scope=scope,
-            resource=resource,
-            with_refresh=True,
-            refresh_scope=old.scope,
+        spec = GrantSpec(
+            self.client.client_id, account.username, scope, resource, grant_id=old.grant_id
         )
+        body, issued = self.server.issuer.issue(spec, with_refresh=True, refresh_scope=old.scope)
         if not self.server.store.rotate_refresh_token(old, spec, issued):
             self.server.store.revoke_grant(old.grant_id)
             raise InvalidGrantError("refresh token was already used")
@@ -238,13 +229,7 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         scope = client.get_allowed_scope(self.request.payload.scope)
         resource = requested_resource(self.server, self.request)
         spec = GrantSpec(client.client_id, None, scope, resource)
-        body, issued = self.server.issuer.issue(
-            client_id=client.client_id,
-            username=None,
-            scope=scope,
-            resource=resource,
-            with_refresh=False,
-        )
+        body, issued = self.server.issuer.issue(spec, with_refresh=False)
         self.server.store.save_grant(spec, issued)
         return 200, body, self.TOKEN_RESPONSE_HEADER
 
@@ -288,16 +273,9 @@ class TokenExchangeGrant(grants.BaseGrant, grants.TokenEndpointMixin):
 
     def create_token_response(self):
         subject, target, scope = self.request.exchange
-        spec = GrantSpec(self.client.client_id, subject.username, scope, target)
-        spec.actor = self.client.client_id
-        body, issued = self.server.issuer.issue(
-            client_id=spec.client_id,
-            username=spec.username,
-            scope=scope,
-            resource=target,
-            actor=spec.actor,
-            with_refresh=False,
-        )
+        client_id = self.client.client_id
+        spec = GrantSpec(client_id, subject.username, scope, target, actor=client_id)
+        body, issued = self.server.issuer.issue(spec, with_refresh=False)
         self.server.store.save_grant(spec, issued)
         body["issued_token_type"] = ACCESS_TOKEN_TYPE
         return 200, body, self.TOKEN_RESPONSE_HEADER
@@ -336,10 +314,7 @@ class DeviceGrant(DeviceCodeGrant):
             self.client.client_id, account.username, record.get_scope(), record.resource
         )
         body, issued = self.server.issuer.issue(
-            client_id=spec.client_id,
-            username=spec.username,
-            scope=spec.scope,
-            resource=spec.resource,
+            spec,
             with_refresh=self.client.check_grant_type("refresh_token"),
         )
         if not self.server.store.redeem_device_code(record, spec, issued):

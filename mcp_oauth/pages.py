@@ -61,6 +61,16 @@ def message_page(
     )
 
 
+def expired_form_page(request: Request) -> Response:
+    return message_page(
+        request,
+        400,
+        "Please try again",
+        "This form expired or did not come from this site.",
+        "Go back to the application and start again.",
+    )
+
+
 def safe_next(target: str) -> str:
     """Only our own authorization or device pages may follow a sign-in: no open redirect."""
     if target.startswith(("/authorize?", "/device")) and not target.startswith(("//", "/\\")):
@@ -182,13 +192,7 @@ class Pages:
     async def decide(self, request: Request, oauth_request) -> Response:
         form = oauth_request.payload.data
         if not csrf_ok(request, form):
-            return message_page(
-                request,
-                400,
-                "Please try again",
-                "This form expired or did not come from this site.",
-                "Go back to the application and start the sign-in again.",
-            )
+            return expired_form_page(request)
         params = [(k, v) for k, v in oauth_request.payload.items if k not in FORM_FIELDS]
         account = self.signed_in(request)
         if account is None:
@@ -286,12 +290,7 @@ class Pages:
         except OAuth2Error:
             form = {}
         if not csrf_ok(request, form):
-            return message_page(
-                request,
-                400,
-                "Please try again",
-                "This form expired or did not come from this site.",
-            )
+            return expired_form_page(request)
         request.session.clear()
         return message_page(request, 200, "Signed out", "You are signed out.", is_error=False)
 
@@ -312,12 +311,7 @@ class Pages:
         except OAuth2Error:
             return message_page(request, 400, "Please try again", "The form was not understood.")
         if not csrf_ok(request, form):
-            return message_page(
-                request,
-                400,
-                "Please try again",
-                "This form expired or did not come from this site.",
-            )
+            return expired_form_page(request)
         if account is None:
             return self.login_page(request, "/device")
         user_code = form.get("user_code", "").strip().upper()[:20]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from .storage import IssuedToken, new_secret
+from .storage import GrantSpec, IssuedToken, new_secret
 
 
 @dataclass(frozen=True)
@@ -37,23 +37,14 @@ class TokenIssuer:
         self.signing_key = signing_key
 
     def issue(
-        self,
-        *,
-        client_id: str,
-        username: str | None,
-        scope: str,
-        resource: str | None,
-        actor: str | None = None,
-        with_refresh: bool,
-        refresh_scope: str | None = None,
+        self, grant: GrantSpec, *, with_refresh: bool, refresh_scope: str | None = None
     ) -> tuple[dict, list[IssuedToken]]:
-        """The token endpoint's JSON answer and the tokens to store."""
+        """The token endpoint's JSON answer and the tokens to store, for one grant."""
+        scope = grant.scope
         issued_at = int(time.time())
         access_expires = issued_at + self.lifetimes.access
         if self.access_token_format == "jwt":
-            access = self._jwt_access_token(
-                client_id, username, scope, resource, actor, issued_at, access_expires
-            )
+            access = self._jwt_access_token(grant, issued_at, access_expires)
         else:
             access = new_secret()
         issued = [IssuedToken(access, "access", access_expires, scope)]
@@ -72,31 +63,22 @@ class TokenIssuer:
             response["refresh_token"] = refresh
         return response, issued
 
-    def _jwt_access_token(
-        self,
-        client_id: str,
-        username: str | None,
-        scope: str,
-        resource: str | None,
-        actor: str | None,
-        issued_at: int,
-        expires_at: int,
-    ) -> str:
+    def _jwt_access_token(self, grant: GrantSpec, issued_at: int, expires_at: int) -> str:
         claims = {
             "iss": self.issuer,
-            "sub": username or client_id,
-            "client_id": client_id,
+            "sub": grant.username or grant.client_id,
+            "client_id": grant.client_id,
             "iat": issued_at,
             "exp": expires_at,
             "jti": str(uuid.uuid4()),
-            "scope": scope,
+            "scope": grant.scope,
         }
-        if resource:
-            claims["aud"] = resource
-        if username:
-            claims["username"] = username
-        if actor:
-            claims["act"] = {"sub": actor}
+        if grant.resource:
+            claims["aud"] = grant.resource
+        if grant.username:
+            claims["username"] = grant.username
+        if grant.actor:
+            claims["act"] = {"sub": grant.actor}
         header = {"alg": "RS256", "typ": "at+jwt", "kid": self.signing_key.kid}
         return jwt.encode(header, claims, self.signing_key)
 
