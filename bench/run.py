@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +223,11 @@ def jwt_mode_env() -> dict[str, str] | None:
     return {"MCP_TOKEN_VALIDATION": "jwt"} if "MCP_TOKEN_VALIDATION" in source else None
 
 
+def stop_peer(started: Future) -> None:
+    if started.exception() is None:
+        started.result().stop()
+
+
 def start_servers(exits: ExitStack, tmp: Path, ttl: float, notes: list[str]) -> Servers:
     """Everything up at once (started in parallel); all stopped when `exits` closes."""
     urls = {mode: f"http://127.0.0.1:{free_port()}/mcp" for mode in ("cached", "uncached", "jwt")}
@@ -252,10 +257,10 @@ def start_servers(exits: ExitStack, tmp: Path, ttl: float, notes: list[str]) -> 
         exits.callback(process.stop)
     with ThreadPoolExecutor(len(processes) + 1) as pool:
         peer_future = pool.submit(stack.start_peer, tmp, urls["cached"])
+        exits.callback(stop_peer, peer_future)  # also when another server fails to start
         for future in [pool.submit(p.start, 120.0) for p in processes.values()]:
             future.result()
         peer = peer_future.result()
-    exits.callback(peer.stop)
     rs = {mode: processes[mode] for mode in ("cached", "uncached", "jwt") if mode in processes}
     return Servers(
         peer, processes["bare_starlette"], processes["bare_mcp"], provider, rs, jwt_provider, urls
