@@ -9,7 +9,8 @@ Every server is a subprocess on a free loopback port; load comes from bench/load
 another process, which shares the machine's cores with the servers. The scenarios that are
 compared with each other run interleaved, in rounds (A B C, A B C, ...), and each figure is
 the median over the rounds, so a neighbour's load hits both sides of a ratio alike. Prints
-the table and the targets (met / not met) and writes everything to bench/results/latest.json.
+the table and the targets (met / not met) and writes everything to bench/results/latest.json
+(and the tables as Markdown to latest.md).
 Nothing here asserts on time: it reports.
 """
 
