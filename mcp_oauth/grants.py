@@ -357,14 +357,23 @@ class DeviceAuthorization(DeviceAuthorizationEndpoint):
         return 200, data, self.server.json_headers
 
 
-class Introspection(IntrospectionEndpoint):
+class TokenLookup:
+    """Introspection and revocation find a token by its hash, whatever its type, so the
+    optional token_type_hint is ignored, as RFC 7009 §2.1 and RFC 7662 §2.1 allow."""
+
+    def check_params(self, request, client):
+        if "token" not in request.form:
+            raise InvalidRequestError("missing token")
+
+    def query_token(self, token: str, token_type_hint: str | None) -> TokenRecord | None:
+        return self.server.store.find_token(token)
+
+
+class Introspection(TokenLookup, IntrospectionEndpoint):
     """RFC 7662. Client authentication is required; only resource-server clients may look at
     tokens issued to other clients. Anything not active is exactly {"active": false}."""
 
     CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH
-
-    def query_token(self, token: str, token_type_hint: str | None) -> TokenRecord | None:
-        return self.server.store.find_token(token)
 
     def check_permission(self, token: TokenRecord, client, request) -> bool:
         return client.resource_server or token.client_id == client.client_id
@@ -389,13 +398,10 @@ class Introspection(IntrospectionEndpoint):
         return payload
 
 
-class Revocation(RevocationEndpoint):
+class Revocation(TokenLookup, RevocationEndpoint):
     """RFC 7009. Public clients authenticate with their client_id; unknown tokens get 200."""
 
     CLIENT_AUTH_METHODS = ANY_CLIENT_AUTH
-
-    def query_token(self, token: str, token_type_hint: str | None) -> TokenRecord | None:
-        return self.server.store.find_token(token)
 
     def revoke_token(self, token: TokenRecord, request) -> None:
         self.server.store.revoke_token(token)
@@ -486,11 +492,15 @@ METADATA_TYPES: dict[str, type] = {
     "software_version": str,
     "jwks": dict,
 }
+MAX_CLIENT_NAME = 200
 URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 
 
 def check_metadata_types(data: dict) -> None:
-    """Refuse wrongly typed metadata up front (Authlib's claim checks assume the types)."""
+    """Refuse wrongly typed or oversized metadata up front (Authlib's claim checks assume
+    the types; a client name is shown to users, so it is kept short)."""
+    if len(data.get("client_name") or "") > MAX_CLIENT_NAME:
+        raise InvalidClientMetadata(f"client_name may have at most {MAX_CLIENT_NAME} characters")
     for name, expected in METADATA_TYPES.items():
         if name not in data:
             continue
@@ -518,11 +528,7 @@ def redirect_uri_problem(uri: str) -> str | None:
         return None
     if is_loopback_redirect(uri):
         return None
-    if parts.scheme in ("http", "javascript", "data", "file", "vbscript", ""):
-        return "must use https, or http on a loopback address"
-    if "." not in parts.scheme:
-        return "a private-use scheme must be a reversed domain name (RFC 8252 §7.1)"
-    return None
+    return "must use https, or http on a loopback address (RFC 8252 section 7.3)"
 
 
 def register_grants_and_endpoints(server: AuthorizationServer) -> None:

@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from .grants import allowed_scopes, granted_scopes
 from .oauth_server import AuthorizationServer, read_parameters
 from .passwords import verify_password
+from .records import is_loopback_redirect
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -137,15 +138,17 @@ class Pages:
         """Authlib's validation of an authorization request: (grant, None), or (None, the
         response that reports its error).
 
-        An error goes back to the client's redirect_uri only for a pre-registered client or
-        a signed-in user: anyone can register a client, and redirecting their errors for an
-        anonymous visitor would make this server an open redirector (RFC 9700 §4.11.2)."""
+        An error goes back without the user's action only to a pre-registered client or a
+        loopback redirect URI: anyone can register a client, and redirecting its errors
+        would make this server an open redirector (RFC 9700 §4.11.2)."""
         try:
             grant = await run_in_threadpool(self.server.get_consent_grant, oauth_request, account)
             return grant, None
         except OAuth2Error as error:
             client = oauth_request.client
-            trusted = account is not None or (client is not None and client.preregistered)
+            trusted = (client is not None and client.preregistered) or is_loopback_redirect(
+                error.redirect_uri or ""
+            )
             return None, self.oauth_error(request, error, redirect=trusted)
         except ValueError:  # Authlib refuses to echo characters RFC 6749 forbids in errors
             return None, message_page(
@@ -178,6 +181,7 @@ class Pages:
             {
                 "title": "Allow access?",
                 "client_name": client.client_name,
+                "unverified": not client.preregistered,
                 "username": account.username,
                 "redirect_host": urlsplit(oauth_request.payload.redirect_uri).netloc,
                 "resource": oauth_request.resource,

@@ -105,7 +105,10 @@ class ClientRecord(ClientMixin):
         return hmac.compare_digest(presented, self.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method == self.auth_method
+        """A public client uses "none"; a confidential one may send its secret either way."""
+        if self.auth_method == "none":
+            return method == "none"
+        return method in ("client_secret_basic", "client_secret_post")
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code" and "authorization_code" in self.grant_types

@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import (
     Boolean,
     Column,
@@ -55,6 +57,7 @@ def now() -> int:
     return int(time.time())
 
 
+CLIENT_CACHE_SECONDS = 30
 LOGIN_FAILURE_WINDOW = 900  # seconds after which a failed sign-in no longer counts
 
 metadata = MetaData()
@@ -188,8 +191,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # A writer takes the write lock up front (BEGIN IMMEDIATE) so it waits its turn under
     # busy_timeout instead of failing with "database is locked" when upgrading a read lock.
-    immediate = conn.get_execution_options().get("write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # Reads are single statements and run without a transaction (autocommit).
+    if conn.get_execution_options().get("write", False):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_storage_engine(url: str) -> Engine:
@@ -206,6 +210,14 @@ class Store:
 
     def __init__(self, url: str):
         self.engine = create_storage_engine(url)
+        # SQLite has one write lock per database: writers of this process queue here rather
+        # than in SQLite's busy handler, which sleeps between retries. (Other processes are
+        # still kept out by SQLite itself.) PostgreSQL locks rows, so it needs no such queue.
+        self._sqlite_writer = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        # Clients change only at start (users.yaml) or by registration: a client read from the
+        # database is reused briefly instead of being read for every token request.
+        self._clients: TTLCache = TTLCache(maxsize=1024, ttl=CLIENT_CACHE_SECONDS)
+        self._clients_lock = threading.Lock()  # cachetools caches are not thread-safe
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
                 # Replicas starting together on an empty database: one creates the tables.
@@ -226,7 +238,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction: committed on success, rolled back on error."""
-        with self.engine.connect() as conn:
+        with self._sqlite_writer or nullcontext(), self.engine.connect() as conn:
             conn.execution_options(write=True)
             with conn.begin():
                 yield conn
@@ -276,11 +288,15 @@ class Store:
             )
 
     def get_client(self, client_id: str) -> ClientRecord | None:
+        with self._clients_lock:
+            cached = self._clients.get(client_id)
+        if cached is not None:
+            return cached
         with self.engine.connect() as conn:
             row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
         if row is None:
             return None
-        return ClientRecord(
+        record = ClientRecord(
             client_id=row.client_id,
             secret_hash=row.secret_hash,
             metadata=json.loads(row.metadata_json),
@@ -288,6 +304,9 @@ class Store:
             may_exchange_tokens=row.may_exchange_tokens,
             preregistered=row.preregistered,
         )
+        with self._clients_lock:
+            self._clients[client_id] = record
+        return record
 
     # -- authorization codes -------------------------------------------------------------
 

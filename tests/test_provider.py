@@ -493,6 +493,7 @@ def test_dynamic_registration_as_mcp_clients_do_it(provider, alice):
         "javascript:alert(1)",
         "https://user@app.example/cb",
         "myapp:/cb",
+        "com.example.app:/cb",
     ],
 )
 def test_registration_refuses_unsafe_redirect_uris(provider, uri):
@@ -597,3 +598,54 @@ def test_admin_api_lists_and_revokes_for_resource_servers_only(provider, bob):
     )
     assert revoked.status_code == 200 and revoked.json()["revoked"] >= 1
     assert introspect(provider, token) == {"active": False}
+
+
+# -- details of client authentication and registration ---------------------------------------
+
+
+def test_confidential_clients_may_send_their_secret_in_the_body(provider, alice):
+    token = tokens_for(provider, alice)["access_token"]
+    response = httpx.post(
+        f"{provider.url}/introspect",
+        data={"token": token, "client_id": RS_AUTH[0], "client_secret": RS_AUTH[1]},
+    )
+    assert response.status_code == 200 and response.json()["active"] is True
+
+
+def test_token_type_hint_is_only_a_hint(provider, alice):
+    tokens = tokens_for(provider, alice)
+    response = httpx.post(
+        f"{provider.url}/revoke",
+        data={
+            "token": tokens["refresh_token"],
+            "token_type_hint": "made_up",
+            "client_id": CLIENT_ID,
+        },
+    )
+    assert response.status_code == 200
+    assert introspect(provider, tokens["access_token"]) == {"active": False}
+
+
+def test_registered_client_names_are_short_and_marked_unverified(provider, alice):
+    too_long = httpx.post(
+        f"{provider.url}/register",
+        json={
+            "redirect_uris": [REDIRECT_URI],
+            "client_name": "x" * 201,
+            "token_endpoint_auth_method": "none",
+        },
+    )
+    assert too_long.status_code == 400 and too_long.json()["error"] == "invalid_client_metadata"
+    client = httpx.post(
+        f"{provider.url}/register",
+        json={
+            "redirect_uris": [REDIRECT_URI],
+            "client_name": "MCP learner client",
+            "token_endpoint_auth_method": "none",
+        },
+    ).json()
+    params, _ = auth_params(client_id=client["client_id"])
+    page = alice.authorize(decision=None, **params)
+    assert "registered itself" in page.text
+    own = alice.authorize(decision=None, **auth_params()[0])
+    assert "registered itself" not in own.text

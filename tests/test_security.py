@@ -687,15 +687,6 @@ def test_no_silent_error_redirect_to_a_freshly_registered_web_client(provider):
     assert "location" not in response.headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RFC 9700 §4.11.2: for a signed-in user (sessions last 8 h) /authorize still sends "
-    "an error (here invalid_scope) straight to a dynamically registered https redirect URI, "
-    "without the user doing anything, so a link to the provider lands on any site that "
-    "registered a client. Suggested rule: redirect errors without user interaction only for "
-    "pre-registered clients and loopback (native app) redirect URIs; show the error page "
-    "otherwise (the user's deny still goes back to the client)",
-)
 def test_no_silent_error_redirect_to_a_freshly_registered_web_client_when_signed_in(
     provider, alice_twin
 ):
