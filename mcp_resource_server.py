@@ -189,6 +189,7 @@ async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
         log.warning("MCP_RS_CLIENT_SECRET is not set: using the development default secret")
     store.create_tables()
     await scopes.check_complete()
+    _ = mcp._state_store  # FastMCP imports its state store lazily: not in the first user's call
     try:
         yield
     finally:
@@ -398,7 +399,9 @@ def main() -> None:
     for chatty in ("httpx", "mcp.server.streamable_http"):  # a line per request otherwise
         logging.getLogger(chatty).setLevel(logging.WARNING)
     log.info("MCP endpoint %s, authorization server %s", settings.server_url, settings.provider_url)
-    asyncio.run(serve(uvicorn.Config(create_app(), host=args.host, port=args.port)))
+    # No access log: a line per request costs CPU on the hot path; the server logs what matters.
+    config = uvicorn.Config(create_app(), host=args.host, port=args.port, access_log=False)
+    asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

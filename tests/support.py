@@ -50,7 +50,9 @@ class ServerProcess:
             except httpx.HTTPError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.args[0]} did not answer at {self.ready_url}:\n{self.log.read_text()}")
+        raise RuntimeError(
+            f"{self.args[0]} did not answer at {self.ready_url}:\n{self.log.read_text()}"
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
