@@ -87,7 +87,9 @@ class ToolScopes:
 
         def register(fn: F) -> F:
             self.requirements[fn.__name__] = scope  # FastMCP names a tool after its function
-            return self.mcp.tool(fn)
+            # Published in the tool's _meta too, so any MCP client can show what it needs.
+            needs = scope if isinstance(scope, str) else scope.value
+            return self.mcp.tool(fn, meta={"required_scope": needs})
 
         return register
 

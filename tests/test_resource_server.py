@@ -172,6 +172,18 @@ def test_protected_resource_metadata_at_both_well_known_urls(stack):
 # -- anonymous use ---------------------------------------------------------------------------
 
 
+def test_each_tool_publishes_the_scope_it_needs_in_its_meta(stack):
+    async def listed():
+        async with Client(stack.mcp_url) as client:
+            return {tool.name: (tool.meta or {}) for tool in await client.list_tools()}
+
+    metas = asyncio.run(listed())
+    assert metas["public_info"]["required_scope"] == "no token"
+    assert metas["get_user_profile"]["required_scope"] == "any valid token"
+    assert metas["write_data"]["required_scope"] == "write"
+    assert metas["admin_operation"]["required_scope"] == "admin"
+
+
 def test_anonymous_client_initializes_lists_tools_and_calls_public_info(stack):
     async def anonymous():
         async with Client(stack.mcp_url) as client:
