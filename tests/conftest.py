@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.oauth_helpers import Browser
 from tests.support import ServerProcess, free_port
 
 RS_SECRET = "test-rs-secret-0123456789abcdef0123456789"
@@ -60,19 +61,25 @@ class Provider:
 
 
 def start_provider(
-    tmp_path, database_url: str | None = None, env: dict | None = None, args: list | None = None
+    tmp_path,
+    database_url: str | None = None,
+    env: dict | None = None,
+    args: list | None = None,
+    *,
+    resource: str = "http://127.0.0.1:8000/mcp",
+    host: str = "127.0.0.1",
 ) -> Provider:
+    """oauth_provider.py on a free port, issuing tokens for `resource` (OAUTH_RESOURCES)."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     database_url = database_url or f"sqlite:///{tmp_path}/oauth-{port}.db"
-    resource = "http://127.0.0.1:8000/mcp"
     process = ServerProcess(
         [
             "oauth_provider.py",
             "--port",
             str(port),
             "--host",
-            "127.0.0.1",
+            host,
             "--issuer",
             url,
             "--database-url",
@@ -86,6 +93,18 @@ def start_provider(
     return Provider(url, database_url, process, resource)
 
 
+def start_resource_server(tmp_path, port: int, env: dict[str, str]) -> ServerProcess:
+    """mcp_resource_server.py at http://127.0.0.1:<port>/mcp with its own SQLite file; `env`
+    names the provider and the credentials."""
+    url = f"http://127.0.0.1:{port}/mcp"
+    return ServerProcess(
+        ["mcp_resource_server.py", "--host", "127.0.0.1", "--port", str(port)],
+        {"MCP_SERVER_URL": url, "MCP_DATABASE_URL": f"sqlite:///{tmp_path}/rs-{port}.db", **env},
+        f"http://127.0.0.1:{port}/metrics",
+        tmp_path / f"rs-{port}.log",
+    ).start()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def provider(request, tmp_path_factory) -> Iterator[Provider]:
     """The real provider, once on SQLite and once on PostgreSQL."""
@@ -95,3 +114,13 @@ def provider(request, tmp_path_factory) -> Iterator[Provider]:
     handle = start_provider(tmp_path_factory.mktemp("provider"), database_url)
     yield handle
     handle.process.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(provider) -> Browser:
+    return Browser(provider.url, "alice", "password123")
+
+
+@pytest.fixture(scope="module")
+def bob(provider) -> Browser:
+    return Browser(provider.url, "bob", "secret456")

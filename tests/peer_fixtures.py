@@ -33,8 +33,16 @@ from tests.peers.entra import EntraApp, EntraServer, EntraTokenFactory, EntraUse
 from tests.support import free_port
 
 __all__ = [
-    "EntraApp", "EntraServer", "EntraTokenFactory", "EntraUser", "OboError", "OidcProviderPeer",
-    "ensure_oidc_provider_installed", "entra", "oidc_provider_factory", "start_entra",
+    "EntraApp",
+    "EntraServer",
+    "EntraTokenFactory",
+    "EntraUser",
+    "OboError",
+    "OidcProviderPeer",
+    "ensure_oidc_provider_installed",
+    "entra",
+    "oidc_provider_factory",
+    "start_entra",
     "start_oidc_provider",
 ]
 
@@ -77,7 +85,10 @@ def ensure_oidc_provider_installed() -> None:
             return
         result = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=OIDC_PROVIDER_DIR, capture_output=True, text=True, timeout=600,
+            cwd=OIDC_PROVIDER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if result.returncode != 0 or _installed_version() != _pinned_version():
             raise RuntimeError(
@@ -131,12 +142,16 @@ class OidcProviderPeer:
         return httpx.post(self.token_endpoint, data=form, auth=auth, timeout=10)
 
     def client_credentials_token(
-        self, scope: str = "read write", resource: str | None = None,
+        self,
+        scope: str = "read write",
+        resource: str | None = None,
         client_id: str = TEST_CLIENT_ID,
     ) -> str:
         """An access token for `resource` (default: the configured RESOURCE)."""
         response = self.token_request(
-            client_id, grant_type="client_credentials", scope=scope,
+            client_id,
+            grant_type="client_credentials",
+            scope=scope,
             resource=resource or self.resource,
         )
         if response.status_code != 200:
@@ -188,8 +203,12 @@ def start_oidc_provider(
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="oidc-provider-"))
     log = log_dir / f"oidc-provider-{port}.log"
     env = {
-        **os.environ, "PORT": str(port), "ISSUER": issuer, "RESOURCE": resource,
-        "ACCESS_TOKEN_FORMAT": access_token_format, "RS_CLIENT_SECRET": rs_secret,
+        **os.environ,
+        "PORT": str(port),
+        "ISSUER": issuer,
+        "RESOURCE": resource,
+        "ACCESS_TOKEN_FORMAT": access_token_format,
+        "RS_CLIENT_SECRET": rs_secret,
         "TEST_CLIENT_SECRET": client_secret,
     }
     with log.open("ab") as out:
@@ -204,8 +223,14 @@ def start_oidc_provider(
             response = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=1.0)
             if response.status_code == 200:
                 return OidcProviderPeer(
-                    issuer, resource, access_token_format, rs_secret, client_secret,
-                    response.json(), process, log,
+                    issuer,
+                    resource,
+                    access_token_format,
+                    rs_secret,
+                    client_secret,
+                    response.json(),
+                    process,
+                    log,
                 )
         except httpx.HTTPError:
             pass
@@ -224,8 +249,10 @@ def oidc_provider_factory(
     started: list[OidcProviderPeer] = []
 
     def factory(
-        access_token_format: str = "opaque", resource: str = "http://127.0.0.1:8000/mcp",
-        rs_secret: str = TEST_RS_SECRET, **kwargs: Any,
+        access_token_format: str = "opaque",
+        resource: str = "http://127.0.0.1:8000/mcp",
+        rs_secret: str = TEST_RS_SECRET,
+        **kwargs: Any,
     ) -> OidcProviderPeer:
         kwargs.setdefault("log_dir", tmp_path_factory.mktemp("oidc-provider"))
         peer = start_oidc_provider(access_token_format, resource, rs_secret, **kwargs)

@@ -33,6 +33,7 @@ from mcp_oauth.client_identity import REGISTERED_REDIRECT_URI
 from mcp_oauth.client_login_modes import AuthorizationRequest, authorization_code_flow
 from mcp_oauth.client_token_cache import ServerMetadata
 from mcp_oauth.headless import authorize_with_password, parse_page
+from tests.conftest import start_provider, start_resource_server
 from tests.support import ROOT, ServerProcess, free_port
 
 RS_SECRET = "client-test-rs-secret-0123456789abcdef012345"
@@ -63,28 +64,18 @@ class Stack:
 
 
 def start_stack(tmp: Path, provider_env: dict | None = None, host: str = "127.0.0.1") -> Stack:
-    provider_port, rs_port = free_port(), free_port()
-    issuer = f"http://{host}:{provider_port}"
+    rs_port = free_port()
     mcp_url = f"http://127.0.0.1:{rs_port}/mcp"
-    provider = ServerProcess(
-        ["oauth_provider.py", "--host", host, "--port", str(provider_port), "--issuer", issuer]
-        + ["--database-url", f"sqlite:///{tmp}/oauth-{provider_port}.db"],
-        {"OAUTH_RESOURCES": mcp_url, "MCP_RS_CLIENT_SECRET": RS_SECRET, **(provider_env or {})},
-        f"{issuer}/.well-known/oauth-authorization-server",
-        tmp / f"provider-{provider_port}.log",
-    ).start()
-    rs = ServerProcess(
-        ["mcp_resource_server.py", "--host", "127.0.0.1", "--port", str(rs_port)],
-        {
-            "OAUTH_PROVIDER_URL": issuer,
-            "MCP_SERVER_URL": mcp_url,
-            "MCP_RS_CLIENT_SECRET": RS_SECRET,
-            "MCP_DATABASE_URL": f"sqlite:///{tmp}/rs-{rs_port}.db",
-        },
-        f"{mcp_url.removesuffix('/mcp')}/.well-known/oauth-protected-resource/mcp",
-        tmp / f"rs-{rs_port}.log",
-    ).start()
-    return Stack(issuer, mcp_url, [provider, rs])
+    provider = start_provider(
+        tmp,
+        env={"MCP_RS_CLIENT_SECRET": RS_SECRET, **(provider_env or {})},
+        resource=mcp_url,
+        host=host,
+    )
+    rs = start_resource_server(
+        tmp, rs_port, {"OAUTH_PROVIDER_URL": provider.url, "MCP_RS_CLIENT_SECRET": RS_SECRET}
+    )
+    return Stack(provider.url, mcp_url, [provider.process, rs])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from mcp_oauth.storage import GrantSpec, IssuedToken, Store, new_secret, tokens
-from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, Browser, code_for
+from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, code_for
 from tests.test_security import (
     RS_AUTH,
     device_approve,
@@ -39,16 +39,6 @@ def clients() -> Iterator[list[httpx.Client]]:
     yield pool
     for client in pool:
         client.close()
-
-
-@pytest.fixture(scope="module")
-def alice(provider) -> Browser:
-    return Browser(provider.url, "alice", "password123")
-
-
-@pytest.fixture(scope="module")
-def bob(provider) -> Browser:
-    return Browser(provider.url, "bob", "secret456")
 
 
 def race(clients: list[httpx.Client], *requests: Callable[[httpx.Client], httpx.Response]):

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mcp_oauth.headless import pkce_pair
-from tests.conftest import RS_SECRET, Provider, start_provider
+from tests.conftest import RS_SECRET, Provider, start_provider, start_resource_server
 from tests.oauth_helpers import Browser
 from tests.support import ServerProcess, free_port
 from tests.test_security import tokens_for
@@ -434,18 +434,10 @@ def rs(tmp_path_factory) -> Iterator[tuple[str, str, list[ServerProcess]]]:
     tmp = tmp_path_factory.mktemp("fuzz-rs")
     port = free_port()
     mcp_url = f"http://127.0.0.1:{port}/mcp"
-    provider = start_provider(tmp, env={"OAUTH_RESOURCES": mcp_url})
-    server = ServerProcess(
-        ["mcp_resource_server.py", "--host", "127.0.0.1", "--port", str(port)],
-        {
-            "OAUTH_PROVIDER_URL": provider.url,
-            "MCP_SERVER_URL": mcp_url,
-            "MCP_RS_CLIENT_SECRET": RS_SECRET,
-            "MCP_DATABASE_URL": f"sqlite:///{tmp}/rs.db",
-        },
-        f"http://127.0.0.1:{port}/metrics",
-        tmp / "rs.log",
-    ).start()
+    provider = start_provider(tmp, resource=mcp_url)
+    server = start_resource_server(
+        tmp, port, {"OAUTH_PROVIDER_URL": provider.url, "MCP_RS_CLIENT_SECRET": RS_SECRET}
+    )
     alice = Browser(provider.url, "alice", "password123")
     token = tokens_for(provider.url, alice, scope="read write", resource=mcp_url)["access_token"]
     yield mcp_url, token, [server, provider.process]

@@ -27,6 +27,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from mcp_oauth.headless import obtain_tokens
+from tests import conftest
 from tests.conftest import RS_SECRET, start_provider
 from tests.peers.entra_downstream import EntraDownstream
 from tests.support import ServerProcess, free_port
@@ -70,14 +71,8 @@ class ResourceServer:
 
 
 def start_resource_server(tmp: Path, port: int, env: dict[str, str]) -> ResourceServer:
-    url = f"http://127.0.0.1:{port}/mcp"
-    process = ServerProcess(
-        ["mcp_resource_server.py", "--host", "127.0.0.1", "--port", str(port)],
-        {"MCP_SERVER_URL": url, "MCP_DATABASE_URL": f"sqlite:///{tmp}/rs-{port}.db", **env},
-        f"http://127.0.0.1:{port}/metrics",
-        tmp / f"rs-{port}.log",
-    ).start()
-    return ResourceServer(process, url)
+    process = conftest.start_resource_server(tmp, port, env)
+    return ResourceServer(process, f"http://127.0.0.1:{port}/mcp")
 
 
 # -- node oidc-provider (Keycloak stand-in) ----------------------------------------------------

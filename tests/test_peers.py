@@ -24,8 +24,10 @@ def verify_jwt(jwks_url: str, token: str, issuer: str, audience: str) -> jwt.Tok
     keys = KeySet.import_key_set(httpx.get(jwks_url, timeout=5).json())
     decoded = jwt.decode(token, keys, algorithms=["RS256"])
     jwt.JWTClaimsRegistry(
-        leeway=300, iss={"essential": True, "value": issuer},
-        aud={"essential": True, "value": audience}, exp={"essential": True},
+        leeway=300,
+        iss={"essential": True, "value": issuer},
+        aud={"essential": True, "value": audience},
+        exp={"essential": True},
     ).validate(decoded.claims)
     return decoded
 
@@ -89,8 +91,9 @@ def test_introspection_requires_the_resource_server(oidc: OidcProviderPeer) -> N
     if oidc.access_token_format == "jwt":
         pytest.skip("JWT access tokens are not introspectable in oidc-provider")
     token = oidc.client_credentials_token("read")
-    assert oidc.introspect(token, client_id="bench-client",
-                           client_secret=oidc.client_secret).json() == {"active": False}
+    assert oidc.introspect(
+        token, client_id="bench-client", client_secret=oidc.client_secret
+    ).json() == {"active": False}
     assert oidc.introspect(token, client_secret="wrong").status_code == 401
 
 
@@ -168,14 +171,18 @@ def test_entra_key_rotation_publishes_new_kid(entra: EntraServer) -> None:
 def test_entra_on_behalf_of(entra: EntraServer, version: str) -> None:
     f = entra.factory
     user_token = f.access_token(version)
-    response = httpx.post(entra.token_endpoint, timeout=5, data={
-        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "requested_token_use": "on_behalf_of",
-        "assertion": user_token,
-        "client_id": f.api.client_id,
-        "client_secret": f.api.client_secret,
-        "scope": f"{f.downstream.app_id_uri}/.default",
-    })
+    response = httpx.post(
+        entra.token_endpoint,
+        timeout=5,
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "requested_token_use": "on_behalf_of",
+            "assertion": user_token,
+            "client_id": f.api.client_id,
+            "client_secret": f.api.client_secret,
+            "scope": f"{f.downstream.app_id_uri}/.default",
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["token_type"] == "Bearer"
@@ -202,13 +209,16 @@ def test_entra_on_behalf_of_rejections(
     entra: EntraServer, assertion: str, secret: str | None, status: int, code: int
 ) -> None:
     f = entra.factory
-    response = httpx.post(entra.token_endpoint, timeout=5, auth=(
-        f.api.client_id, secret or f.api.client_secret
-    ), data={
-        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "requested_token_use": "on_behalf_of",
-        "assertion": getattr(f, assertion)(),
-        "scope": f"{f.downstream.app_id_uri}/.default",
-    })
+    response = httpx.post(
+        entra.token_endpoint,
+        timeout=5,
+        auth=(f.api.client_id, secret or f.api.client_secret),
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "requested_token_use": "on_behalf_of",
+            "assertion": getattr(f, assertion)(),
+            "scope": f"{f.downstream.app_id_uri}/.default",
+        },
+    )
     assert response.status_code == status
     assert response.json()["error_codes"] == [code]

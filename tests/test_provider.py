@@ -21,16 +21,6 @@ from tests.oauth_helpers import (
 RS_AUTH = ("mcp-resource-server", RS_SECRET)
 
 
-@pytest.fixture(scope="module")
-def alice(provider) -> Browser:
-    return Browser(provider.url, "alice", "password123")
-
-
-@pytest.fixture(scope="module")
-def bob(provider) -> Browser:
-    return Browser(provider.url, "bob", "secret456")
-
-
 def introspect(provider, token: str, auth=RS_AUTH) -> dict:
     response = httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=auth)
     assert response.status_code == 200, response.text

@@ -19,9 +19,9 @@ from fastmcp.exceptions import ToolError
 
 from mcp_oauth.headless import obtain_tokens
 from mcp_oauth.scope_challenge import PUBLIC, SIGNED_IN, ToolScopes, satisfied
+from tests.conftest import RS_SECRET, start_provider, start_resource_server
 from tests.support import ServerProcess, free_port
 
-RS_SECRET = "rs-test-secret-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 CACHE_TTL = 2  # seconds: short, so revocation shows within a test
 PASSWORDS = {"alice": "password123", "bob": "secret456", "admin": "admin789"}
 
@@ -66,31 +66,21 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
     tmp = tmp_path_factory.mktemp("resource_server")
-    provider_port, rs_port = free_port(), free_port()
-    issuer = f"http://127.0.0.1:{provider_port}"
+    rs_port = free_port()
     mcp_url = f"http://127.0.0.1:{rs_port}/mcp"
-    provider = ServerProcess(
-        ["oauth_provider.py", "--host", "127.0.0.1", "--port", str(provider_port)]
-        + ["--issuer", issuer, "--database-url", f"sqlite:///{tmp}/oauth.db"],
-        {"OAUTH_RESOURCES": mcp_url, "MCP_RS_CLIENT_SECRET": RS_SECRET},
-        f"{issuer}/.well-known/oauth-authorization-server",
-        tmp / "provider.log",
-    ).start()
-    rs = ServerProcess(
-        ["mcp_resource_server.py", "--host", "127.0.0.1", "--port", str(rs_port)],
+    provider = start_provider(tmp, resource=mcp_url)
+    rs = start_resource_server(
+        tmp,
+        rs_port,
         {
-            "OAUTH_PROVIDER_URL": issuer,
-            "MCP_SERVER_URL": mcp_url,
+            "OAUTH_PROVIDER_URL": provider.url,
             "MCP_RS_CLIENT_SECRET": RS_SECRET,
             "MCP_INTROSPECTION_CACHE_TTL": str(CACHE_TTL),
-            "MCP_DATABASE_URL": f"sqlite:///{tmp}/rs/resource.db",
         },
-        f"http://127.0.0.1:{rs_port}/metrics",
-        tmp / "rs.log",
-    ).start()
-    yield Stack(provider, rs, issuer, mcp_url)
+    )
+    yield Stack(provider.process, rs, provider.url, mcp_url)
     rs.stop()
-    provider.stop()
+    provider.process.stop()
 
 
 def rpc(stack: Stack, method: str, params: dict | None = None, token: str | None = None):

@@ -176,11 +176,6 @@ def fresh_postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def alice(provider) -> Browser:
-    return Browser(provider.url, "alice", "password123")
-
-
-@pytest.fixture(scope="module")
 def alice_twin(alice) -> Browser:
     return clone(alice)
 

@@ -149,9 +149,7 @@ class EntraTokenFactory:
     def jwks(self, version: str = "2.0") -> dict[str, Any]:
         """Published keys as Entra shows them (x5t = kid; v2 key sets also name the issuer)."""
         extra = {"issuer": self.issuer_v2} if version == "2.0" else {}
-        return {
-            "keys": [{**k.as_dict(private=False), "x5t": k.kid, **extra} for k in self.keys]
-        }
+        return {"keys": [{**k.as_dict(private=False), "x5t": k.kid, **extra} for k in self.keys]}
 
     def rotate_keys(self, retire_old: bool = False) -> str:
         """Publish a new key and sign with it from now on; returns its kid. Old keys stay
@@ -161,7 +159,11 @@ class EntraTokenFactory:
         return key.kid
 
     def sign(
-        self, claims: dict[str, Any], version: str = "2.0", *, key: RSAKey | None = None,
+        self,
+        claims: dict[str, Any],
+        version: str = "2.0",
+        *,
+        key: RSAKey | None = None,
         kid: str | None = None,
     ) -> str:
         key = key or self.signing_key
@@ -181,9 +183,16 @@ class EntraTokenFactory:
         return _b64(hashlib.sha256(f"{self.tenant_id}:{principal}:{client_id}".encode()).digest())
 
     def user_claims(
-        self, version: str = "2.0", *, scp: str = "read write", user: EntraUser | None = None,
-        audience: str | None = None, client_id: str | None = None, lifetime: int = 3600,
-        now: int | None = None, confidential: bool = False,
+        self,
+        version: str = "2.0",
+        *,
+        scp: str = "read write",
+        user: EntraUser | None = None,
+        audience: str | None = None,
+        client_id: str | None = None,
+        lifetime: int = 3600,
+        now: int | None = None,
+        confidential: bool = False,
     ) -> dict[str, Any]:
         """Claims of a delegated (user) access token, in Entra's v1.0 or v2.0 shape."""
         user = user or self.user
@@ -205,9 +214,16 @@ class EntraTokenFactory:
         }
         if version == "1.0":
             return {
-                **common, "acr": "1", "amr": ["pwd"], "appid": client_id, "appidacr": acr,
-                "family_name": user.family_name, "given_name": user.given_name,
-                "ipaddr": "127.0.0.1", "unique_name": user.upn, "upn": user.upn,
+                **common,
+                "acr": "1",
+                "amr": ["pwd"],
+                "appid": client_id,
+                "appidacr": acr,
+                "family_name": user.family_name,
+                "given_name": user.given_name,
+                "ipaddr": "127.0.0.1",
+                "unique_name": user.upn,
+                "upn": user.upn,
             }
         return {**common, "azp": client_id, "azpacr": acr, "preferred_username": user.upn}
 
@@ -216,8 +232,13 @@ class EntraTokenFactory:
         return self.sign(self.user_claims(version, **kwargs), version)
 
     def app_token(
-        self, version: str = "2.0", *, roles: tuple[str, ...] = ("read",),
-        client: EntraApp | None = None, audience: str | None = None, lifetime: int = 3600,
+        self,
+        version: str = "2.0",
+        *,
+        roles: tuple[str, ...] = ("read",),
+        client: EntraApp | None = None,
+        audience: str | None = None,
+        lifetime: int = 3600,
     ) -> str:
         """An app-only (client credentials) token: `roles` instead of `scp`, no user claims."""
         client = client or self.downstream
@@ -296,8 +317,12 @@ class EntraTokenFactory:
         client_id, secret = basic or (form.get("client_id", ""), form.get("client_secret", ""))
         app = self.apps.get(client_id)
         if app is None:
-            raise OboError(400, "unauthorized_client", 700016,
-                           f"Application with identifier '{client_id}' was not found.")
+            raise OboError(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found.",
+            )
         if not app.client_secret or not secrets.compare_digest(app.client_secret, secret):
             raise OboError(401, "invalid_client", 7000215, "Invalid client secret provided.")
         return app
@@ -307,13 +332,21 @@ class EntraTokenFactory:
         wanted = [s for s in scope.split() if s not in OIDC_SCOPES]
         resources = {s.rpartition("/")[0] for s in wanted}
         if len(resources) != 1 or "" in resources:
-            raise OboError(400, "invalid_scope", 70011,
-                           "The provided value for the input parameter 'scope' is not valid.")
+            raise OboError(
+                400,
+                "invalid_scope",
+                70011,
+                "The provided value for the input parameter 'scope' is not valid.",
+            )
         resource = resources.pop()
         app = next((a for a in self.apps.values() if resource in (a.app_id_uri, a.client_id)), None)
         if app is None:
-            raise OboError(400, "invalid_resource", 500011,
-                           f"The resource principal named {resource} was not found in the tenant.")
+            raise OboError(
+                400,
+                "invalid_resource",
+                500011,
+                f"The resource principal named {resource} was not found in the tenant.",
+            )
         names = [s.rpartition("/")[2] for s in wanted]
         granted = app.scopes if ".default" in names else tuple(names)
         if not granted or not set(granted) <= set(app.scopes):
@@ -326,12 +359,17 @@ class EntraTokenFactory:
         """Entra's OBO: verify the user's token (its aud must be the calling app) and mint a token
         for the downstream API with the same user (oid, tid, name); `sub` is pairwise per client."""
         if form.get("grant_type") != JWT_BEARER:
-            raise OboError(400, "unsupported_grant_type", 70003,
-                           "The app requested an unsupported grant type.")
+            raise OboError(
+                400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type."
+            )
         for name in ("assertion", "scope", "requested_token_use"):
             if not form.get(name):
-                raise OboError(400, "invalid_request", 900144,
-                               f"The request body must contain the parameter '{name}'.")
+                raise OboError(
+                    400,
+                    "invalid_request",
+                    900144,
+                    f"The request body must contain the parameter '{name}'.",
+                )
         if form["requested_token_use"] != "on_behalf_of":
             raise OboError(400, "invalid_request", 90019, "requested_token_use is not valid.")
         caller = self._authenticate(form, basic)
@@ -340,15 +378,24 @@ class EntraTokenFactory:
             raise _grant_error(50034, "App-only tokens cannot be used for on-behalf-of.")
         target, resource, granted = self._target(form["scope"])
         user = EntraUser(
-            oid=claims["oid"], name=claims.get("name", ""),
-            given_name=claims.get("given_name", ""), family_name=claims.get("family_name", ""),
+            oid=claims["oid"],
+            name=claims.get("name", ""),
+            given_name=claims.get("given_name", ""),
+            family_name=claims.get("family_name", ""),
             upn=claims.get("preferred_username") or claims.get("upn", ""),
         )
         version = target.token_version
-        token = self.sign(self.user_claims(
-            version, scp=" ".join(granted), user=user, audience=self.audience(version, target),
-            client_id=caller.client_id, confidential=True,
-        ), version)
+        token = self.sign(
+            self.user_claims(
+                version,
+                scp=" ".join(granted),
+                user=user,
+                audience=self.audience(version, target),
+                client_id=caller.client_id,
+                confidential=True,
+            ),
+            version,
+        )
         return {
             "token_type": "Bearer",
             "scope": " ".join(f"{resource}/{name}" for name in granted),
@@ -360,6 +407,7 @@ class EntraTokenFactory:
 
 def _grant_error(code: int, description: str) -> OboError:
     return OboError(400, "invalid_grant", code, description)
+
 
 class EntraServer:
     """Serves one factory's discovery documents, key sets and token endpoint on 127.0.0.1.
@@ -415,7 +463,10 @@ class EntraServer:
         t = self._tenant()
         shared = {
             "token_endpoint_auth_methods_supported": [
-                "client_secret_post", "private_key_jwt", "client_secret_basic"],
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
             "jwks_uri": self.jwks_uri(version),
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
@@ -435,7 +486,12 @@ class EntraServer:
                 "token_endpoint": f"{t}/oauth2/token",
                 **shared,
                 "response_types_supported": [
-                    "code", "id_token", "code id_token", "token id_token", "token"],
+                    "code",
+                    "id_token",
+                    "code id_token",
+                    "token id_token",
+                    "token",
+                ],
                 "scopes_supported": ["openid"],
                 "microsoft_multi_refresh_token": True,
                 "authorization_endpoint": f"{t}/oauth2/authorize",
@@ -444,9 +500,24 @@ class EntraServer:
                 "check_session_iframe": f"{t}/oauth2/checksession",
                 "userinfo_endpoint": f"{t}/openid/userinfo",
                 "claims_supported": [
-                    "sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
-                    "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time",
-                    "acr", "amr", "nonce", "email", "given_name", "family_name", "nickname"],
+                    "sub",
+                    "iss",
+                    "cloud_instance_name",
+                    "cloud_instance_host_name",
+                    "cloud_graph_host_name",
+                    "msgraph_host",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "auth_time",
+                    "acr",
+                    "amr",
+                    "nonce",
+                    "email",
+                    "given_name",
+                    "family_name",
+                    "nickname",
+                ],
             }
         return {
             "token_endpoint": self.token_endpoint,
@@ -459,9 +530,26 @@ class EntraServer:
             "device_authorization_endpoint": f"{t}/oauth2/v2.0/devicecode",
             "end_session_endpoint": f"{t}/oauth2/v2.0/logout",
             "claims_supported": [
-                "sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
-                "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr",
-                "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
+                "sub",
+                "iss",
+                "cloud_instance_name",
+                "cloud_instance_host_name",
+                "cloud_graph_host_name",
+                "msgraph_host",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "acr",
+                "nonce",
+                "preferred_username",
+                "name",
+                "tid",
+                "ver",
+                "at_hash",
+                "c_hash",
+                "email",
+            ],
         }
 
     def route(self, method: str, path: str) -> tuple[str, str] | None:
