@@ -34,21 +34,21 @@ from rich.console import Console
 from rich.prompt import Prompt
 from rich.table import Table
 
-from mcp_oauth.client_demo import run_demo
-from mcp_oauth.client_errors import ClientError
-from mcp_oauth.client_identity import ClientIdentity
-from mcp_oauth.client_login import Login
-from mcp_oauth.client_login_modes import BrowserLogin, DeviceLogin, LoginMode, PasswordLogin
-from mcp_oauth.client_session import McpSession
-from mcp_oauth.client_token_cache import TokenCache
-from mcp_oauth.client_tools import (
+from mcp_oauth.client.demo import run_demo
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.identity import ClientIdentity
+from mcp_oauth.client.login import Login
+from mcp_oauth.client.login_modes import BrowserLogin, DeviceLogin, LoginMode, PasswordLogin
+from mcp_oauth.client.session import McpSession
+from mcp_oauth.client.token_cache import TokenCache
+from mcp_oauth.client.tools import (
     UNKNOWN,
     ask_arguments,
     parse_arguments,
     result_text,
     tool_requirements,
 )
-from mcp_oauth.client_trace import Trace
+from mcp_oauth.client.trace import Trace
 
 DEFAULT_URL = "http://localhost:8000/mcp"
 WHOAMI_TOOL = "get_user_profile"  # the server's own view of the token (mcp_resource_server.py)

@@ -39,17 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mcp_oauth.jwt_verifier import (
-    SETTINGS_HELP,
-    ChosenVerifier,
-    ConfigurationError,
-    ValidationSettings,
-    entra_issuers,
-)
-from mcp_oauth.on_behalf_of import DownstreamError, OnBehalfOf
-from mcp_oauth.provider_discovery import Provider, ProviderError
-from mcp_oauth.resource_store import ResourceStore
-from mcp_oauth.scope_challenge import (
+from mcp_oauth.resource_server.gate import (
     PUBLIC,
     SIGNED_IN,
     Challenges,
@@ -58,7 +48,17 @@ from mcp_oauth.scope_challenge import (
     protected_resource_routes,
     resource_metadata_path,
 )
-from mcp_oauth.token_verifier import IntrospectionVerifier, current_caller
+from mcp_oauth.resource_server.introspection import IntrospectionVerifier, current_caller
+from mcp_oauth.resource_server.jwt_verifier import (
+    SETTINGS_HELP,
+    ChosenVerifier,
+    ConfigurationError,
+    ValidationSettings,
+    entra_issuers,
+)
+from mcp_oauth.resource_server.on_behalf_of import DownstreamError, OnBehalfOf
+from mcp_oauth.resource_server.provider_discovery import Provider, ProviderError
+from mcp_oauth.resource_server.store import ResourceStore
 
 log = logging.getLogger("mcp_resource_server")
 

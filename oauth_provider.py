@@ -32,16 +32,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mcp_oauth.http_hardening import HardeningMiddleware
-from mcp_oauth.oauth_server import AuthorizationServer, ProviderConfig
-from mcp_oauth.pages import Pages, message_page
-from mcp_oauth.passwords import hash_password
-from mcp_oauth.storage import Store, new_secret
-from mcp_oauth.token_issuer import TokenIssuer, TokenLifetimes
-from mcp_oauth.users_file import Resource, UsersFileError, load_users_file
+from mcp_oauth.provider.authorization_server import AuthorizationServer, ProviderConfig
+from mcp_oauth.provider.http_hardening import HardeningMiddleware
+from mcp_oauth.provider.pages import Pages, message_page
+from mcp_oauth.provider.passwords import hash_password
+from mcp_oauth.provider.storage import Store, new_secret
+from mcp_oauth.provider.token_minter import TokenIssuer, TokenLifetimes
+from mcp_oauth.provider.users_file import Resource, UsersFileError, load_users_file
 
 log = logging.getLogger("oauth_provider")
 HERE = Path(__file__).resolve().parent
+STATIC = HERE / "mcp_oauth" / "provider" / "static"
 SCOPES = ["read", "write", "admin"]
 
 
@@ -271,7 +272,7 @@ def build_app(settings: argparse.Namespace) -> Starlette:
         Route("/device_authorization", server.device_authorization_endpoint, methods=["POST"]),
         Route("/admin/grants", admin_grants, methods=["GET"]),
         Route("/admin/revoke-user", admin_revoke_user, methods=["POST"]),
-        Mount("/static", StaticFiles(directory=HERE / "mcp_oauth" / "static"), name="static"),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(
         routes=routes,

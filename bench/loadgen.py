@@ -168,7 +168,7 @@ class Run:
 
     async def login(self, conn: Connection, index: int, stats: Stats) -> None:
         sys.path.insert(0, str(ROOT))
-        from mcp_oauth.headless import parse_page  # the forms read as the client reads them
+        from mcp_oauth.client.headless import parse_page  # the forms read as the client reads them
 
         spec = self.spec
         while self.more(stats):

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from mcp_oauth.headless import authorize_with_password, pkce_pair
+from mcp_oauth.client.headless import authorize_with_password, pkce_pair
 from tests.peer_fixtures import BENCH_CLIENT_ID, OidcProviderPeer, start_oidc_provider
 from tests.support import ROOT, ServerProcess, free_port
 

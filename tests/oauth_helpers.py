@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from mcp_oauth.headless import parse_page, pkce_pair
+from mcp_oauth.client.headless import parse_page, pkce_pair
 
 CLIENT_ID = "mcp-client"
 REDIRECT_URI = "http://127.0.0.1:8976/callback"

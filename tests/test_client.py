@@ -27,12 +27,12 @@ import httpx2
 import pytest
 from mcp.shared.auth import OAuthClientInformationFull
 
-from mcp_oauth.client_errors import ClientError
-from mcp_oauth.client_grants import Endpoints
-from mcp_oauth.client_identity import REGISTERED_REDIRECT_URI
-from mcp_oauth.client_login_modes import AuthorizationRequest, authorization_code_flow
-from mcp_oauth.client_token_cache import ServerMetadata
-from mcp_oauth.headless import authorize_with_password, parse_page
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.headless import authorize_with_password, parse_page
+from mcp_oauth.client.identity import REGISTERED_REDIRECT_URI
+from mcp_oauth.client.login_modes import AuthorizationRequest, authorization_code_flow
+from mcp_oauth.client.token_cache import ServerMetadata
+from mcp_oauth.client.token_requests import Endpoints
 from tests.conftest import start_provider, start_resource_server
 from tests.support import ROOT, ServerProcess, free_port
 

@@ -13,11 +13,11 @@ import pytest
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from rich.console import Console
 
-from mcp_oauth.client_demo import sample_arguments
-from mcp_oauth.client_errors import ClientError
-from mcp_oauth.client_token_cache import SavedLogin, ServerMetadata, TokenCache
-from mcp_oauth.client_tools import ask_arguments, parse_arguments, scope_needed
-from mcp_oauth.client_trace import REDACTED, Trace, describe_body, redact_url
+from mcp_oauth.client.demo import sample_arguments
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.token_cache import SavedLogin, ServerMetadata, TokenCache
+from mcp_oauth.client.tools import ask_arguments, parse_arguments, scope_needed
+from mcp_oauth.client.trace import REDACTED, Trace, describe_body, redact_url
 
 SCHEMA = {
     "type": "object",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mcp_oauth.storage import GrantSpec, IssuedToken, Store, new_secret, tokens
+from mcp_oauth.provider.storage import GrantSpec, IssuedToken, Store, new_secret, tokens
 from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, code_for
 from tests.test_security import (
     RS_AUTH,

@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mcp_oauth.headless import pkce_pair
+from mcp_oauth.client.headless import pkce_pair
 from tests.conftest import RS_SECRET, Provider, start_provider, start_resource_server
 from tests.oauth_helpers import Browser
 from tests.support import ServerProcess, free_port

@@ -26,7 +26,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
-from mcp_oauth.headless import obtain_tokens
+from mcp_oauth.client.headless import obtain_tokens
 from tests import conftest
 from tests.conftest import RS_SECRET, start_provider
 from tests.peers.entra_downstream import EntraDownstream

@@ -1,4 +1,4 @@
-"""JWT access tokens checked locally (mcp_oauth.jwt_verifier), against key sets served over HTTP.
+"""JWT access tokens checked locally (resource_server.jwt_verifier) against key sets over HTTP.
 
 Peers, all real HTTP:
 * Entra ID cannot run here, so it is imitated (tests/peers/entra.py) with its real v1.0/v2.0
@@ -27,7 +27,8 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
 
-from mcp_oauth.jwt_verifier import (
+from mcp_oauth.resource_server.introspection import IntrospectionVerifier
+from mcp_oauth.resource_server.jwt_verifier import (
     ChosenVerifier,
     ConfigurationError,
     Expectations,
@@ -39,9 +40,8 @@ from mcp_oauth.jwt_verifier import (
     header_refusal,
     scopes_of,
 )
-from mcp_oauth.provider_discovery import Provider as DiscoveredProvider
-from mcp_oauth.provider_discovery import ProviderMetadata, ProviderUnavailable
-from mcp_oauth.token_verifier import IntrospectionVerifier
+from mcp_oauth.resource_server.provider_discovery import Provider as DiscoveredProvider
+from mcp_oauth.resource_server.provider_discovery import ProviderMetadata, ProviderUnavailable
 from tests.conftest import RS_SECRET, Provider, start_provider
 from tests.support import free_port
 

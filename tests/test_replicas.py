@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from mcp_oauth.storage import Store, login_failures
+from mcp_oauth.provider.storage import Store, login_failures
 from tests.conftest import Provider, start_provider
 from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, Browser, auth_params, redirect_query
 from tests.test_security import (

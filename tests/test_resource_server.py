@@ -17,8 +17,8 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
-from mcp_oauth.headless import obtain_tokens
-from mcp_oauth.scope_challenge import PUBLIC, SIGNED_IN, ToolScopes, satisfied
+from mcp_oauth.client.headless import obtain_tokens
+from mcp_oauth.resource_server.gate import PUBLIC, SIGNED_IN, ToolScopes, satisfied
 from tests.conftest import RS_SECRET, start_provider, start_resource_server
 from tests.support import ServerProcess, free_port
 

@@ -6,10 +6,16 @@ import hashlib
 
 import pytest
 
-from mcp_oauth.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
-from mcp_oauth.provider_discovery import Backoff, ProviderMetadata, metadata_urls
-from mcp_oauth.scope_challenge import quotable
-from mcp_oauth.token_verifier import Grant, audiences, cache_key, entry_lifetime, refusal
+from mcp_oauth.resource_server.gate import quotable
+from mcp_oauth.resource_server.introspection import (
+    Grant,
+    audiences,
+    cache_key,
+    entry_lifetime,
+    refusal,
+)
+from mcp_oauth.resource_server.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
+from mcp_oauth.resource_server.provider_discovery import Backoff, ProviderMetadata, metadata_urls
 
 ISSUER = "http://127.0.0.1:9000"
 RESOURCE = "http://127.0.0.1:8000/mcp"

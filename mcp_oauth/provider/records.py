@@ -15,23 +15,9 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
 from authlib.oauth2.rfc8628 import DeviceCredentialMixin
 
+from mcp_oauth.common.scopes import scope_set, scope_str
+
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
-
-
-def printable(value: object, limit: int = 100) -> str:
-    """A value safe to echo in an error_description: RFC 6749 §5.2 allows only printable
-    ASCII without `"` and `\\` there (Authlib refuses anything else with a ValueError)."""
-    text = str(value)[:limit]
-    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
-
-
-def scope_set(scope: str | None) -> set[str]:
-    return set((scope or "").split())
-
-
-def scope_str(scopes: set[str] | frozenset[str]) -> str:
-    """Scopes in a stable order, so equal sets always print the same."""
-    return " ".join(sorted(scopes))
 
 
 def is_loopback_redirect(uri: str) -> bool:

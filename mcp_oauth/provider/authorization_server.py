@@ -26,11 +26,12 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .grants import register_grants_and_endpoints
-from .records import ClientRecord, printable
-from .storage import Store
-from .token_issuer import TokenIssuer
-from .users_file import Account, Resource
+from mcp_oauth.common.text import printable
+from mcp_oauth.provider.grants import register_grants_and_endpoints
+from mcp_oauth.provider.records import ClientRecord
+from mcp_oauth.provider.storage import Store
+from mcp_oauth.provider.token_minter import TokenIssuer
+from mcp_oauth.provider.users_file import Account, Resource
 
 log = logging.getLogger("oauth_provider")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")

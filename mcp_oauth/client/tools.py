@@ -13,8 +13,8 @@ from typing import Any
 import mcp_types
 from fastmcp.client.client import CallToolResult
 
-from .client_errors import ClientError
-from .client_session import McpSession
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.session import McpSession
 
 # mcp_resource_server.py publishes what each tool needs in this public tool's answer.
 REQUIREMENTS_TOOL = "public_info"

@@ -28,19 +28,18 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant
 
-from .records import (
+from mcp_oauth.common.scopes import scope_set, scope_str
+from mcp_oauth.common.text import printable
+from mcp_oauth.provider.records import (
     CodeRecord,
     DeviceRecord,
     TokenRecord,
     is_loopback_redirect,
-    printable,
-    scope_set,
-    scope_str,
 )
-from .storage import GrantSpec, new_secret
+from mcp_oauth.provider.storage import GrantSpec, new_secret
 
 if TYPE_CHECKING:
-    from .oauth_server import AuthorizationServer
+    from mcp_oauth.provider.authorization_server import AuthorizationServer
 
 log = logging.getLogger("oauth_provider")
 

@@ -4,7 +4,7 @@ by the client itself (headless), or a code entered on another device.
 Browser and headless are the same authorization code flow (RFC 6749 §4.1 with PKCE S256,
 RFC 7636; `resource`, RFC 8707; the `iss` check, RFC 9207) and differ only in who walks
 through the provider's pages: a person in their browser, reaching our loopback callback
-(RFC 8252 §7.3), or `mcp_oauth.headless` filling in the same forms over HTTP. The device
+(RFC 8252 §7.3), or `mcp_oauth.client.headless` filling in the same forms over HTTP. The device
 mode is RFC 8628: show a code, poll until the person has approved it elsewhere.
 """
 
@@ -34,11 +34,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from . import headless
-from .client_errors import ClientError, reaching
-from .client_grants import ClientRejected, Endpoints, OAuthErrorResponse
-from .client_identity import REGISTERED_REDIRECT_URI
-from .client_trace import Trace, redact_url
+from mcp_oauth.client import headless
+from mcp_oauth.client.errors import ClientError, reaching
+from mcp_oauth.client.identity import REGISTERED_REDIRECT_URI
+from mcp_oauth.client.token_requests import ClientRejected, Endpoints, OAuthErrorResponse
+from mcp_oauth.client.trace import Trace, redact_url
 
 CALLBACK_PORT = 53682  # the loopback port tried first; any free one is fine for the provider
 SIGN_IN_TIMEOUT = 300.0

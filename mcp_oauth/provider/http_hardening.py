@@ -7,6 +7,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_oauth.common.asgi_body import read_body, replay
+
 MAX_BODY_BYTES = 64 * 1024
 
 HTML_HEADERS = [
@@ -31,11 +33,11 @@ class HardeningMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await self._read_body(receive)
+            body = await read_body(receive, self.max_body_bytes)
             if body is None:
                 await self._too_large(send)
                 return
-            receive = _replay(body, receive)
+            receive = replay(body, receive)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -48,22 +50,6 @@ class HardeningMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit (nothing more is read)."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
 
     async def _too_large(self, send: Send) -> None:
         body = json.dumps(
@@ -84,17 +70,3 @@ class HardeningMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def _replay(body: bytes, original: Receive) -> Receive:
-    """Hand the buffered body to the app once, then pass through (to see the disconnect)."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await original()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive

@@ -26,8 +26,8 @@ from mcp.client.auth.utils import (
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
 from pydantic import AnyUrl
 
-from .client_errors import ClientError, reaching
-from .client_token_cache import ServerMetadata
+from mcp_oauth.client.errors import ClientError, reaching
+from mcp_oauth.client.token_cache import ServerMetadata
 
 CLIENT_NAME = "MCP learner client (client.py)"
 REGISTERED_REDIRECT_URI = "http://127.0.0.1/callback"

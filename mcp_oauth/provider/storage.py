@@ -34,8 +34,6 @@ from sqlalchemy import (
     Table,
     Text,
     case,
-    create_engine,
-    event,
     insert,
     select,
     text,
@@ -43,10 +41,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .records import ClientRecord, CodeRecord, DeviceRecord, TokenRecord
+from mcp_oauth.common.sql import create_storage_engine
+from mcp_oauth.provider.records import ClientRecord, CodeRecord, DeviceRecord, TokenRecord
 
 
 def secret_hash(value: str) -> str:
@@ -176,33 +175,6 @@ class GrantSpec:
     resource: str | None
     actor: str | None = None
     grant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see _sqlite_begin).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    # A writer takes the write lock up front (BEGIN IMMEDIATE) so it waits its turn under
-    # busy_timeout instead of failing with "database is locked" when upgrading a read lock.
-    # Reads are single statements and run without a transaction (autocommit).
-    if conn.get_execution_options().get("write", False):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def create_storage_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, pool_size=16, max_overflow=16)
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
 
 
 class Store:

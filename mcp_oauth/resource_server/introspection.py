@@ -29,7 +29,7 @@ from fastmcp.exceptions import ToolError
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_access_token
 
-from mcp_oauth.provider_discovery import Provider, ProviderUnavailable
+from mcp_oauth.resource_server.provider_discovery import Provider, ProviderUnavailable
 
 log = logging.getLogger(__name__)
 

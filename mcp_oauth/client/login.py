@@ -19,12 +19,12 @@ from mcp.client.auth.utils import (
     union_scopes,
 )
 
-from .client_discovery import discover
-from .client_errors import ClientError
-from .client_grants import ClientRejected, Endpoints, OAuthErrorResponse, explain
-from .client_identity import ClientIdentity
-from .client_login_modes import AuthorizationRequest, LoginMode
-from .client_token_cache import SavedLogin, TokenCache
+from mcp_oauth.client.discovery import discover
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.identity import ClientIdentity
+from mcp_oauth.client.login_modes import AuthorizationRequest, LoginMode
+from mcp_oauth.client.token_cache import SavedLogin, TokenCache
+from mcp_oauth.client.token_requests import ClientRejected, Endpoints, OAuthErrorResponse, explain
 
 
 class NotAllowed(ClientError):

@@ -23,8 +23,8 @@ from mcp.shared.auth import ProtectedResourceMetadata
 from mcp.shared.auth_utils import check_resource_allowed, resource_url_from_server_url
 from pydantic import BaseModel, ValidationError
 
-from .client_errors import ClientError, reaching
-from .client_token_cache import ServerMetadata
+from mcp_oauth.client.errors import ClientError, reaching
+from mcp_oauth.client.token_cache import ServerMetadata
 
 Model = TypeVar("Model", bound=BaseModel)
 

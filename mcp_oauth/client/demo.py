@@ -28,15 +28,15 @@ import mcp_types
 from rich.console import Console
 from rich.table import Table
 
-from .client_errors import ClientError
-from .client_identity import ClientIdentity
-from .client_login import Login, NotAllowed
-from .client_login_modes import PasswordLogin
-from .client_session import McpSession
-from .client_token_cache import TokenCache
-from .client_tools import result_text, scope_needed, tool_requirements
-from .client_trace import Trace
-from .users_file import UsersFileError, load_users_file
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.identity import ClientIdentity
+from mcp_oauth.client.login import Login, NotAllowed
+from mcp_oauth.client.login_modes import PasswordLogin
+from mcp_oauth.client.session import McpSession
+from mcp_oauth.client.token_cache import TokenCache
+from mcp_oauth.client.tools import result_text, scope_needed, tool_requirements
+from mcp_oauth.client.trace import Trace
+from mcp_oauth.common.users_yaml import UsersFileError, account_scopes, read_users_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # The documented test accounts (README, users.yaml); development passwords, not secrets.
@@ -133,7 +133,7 @@ def allowed_scopes() -> dict[str, frozenset[str]]:
     """What users.yaml lets each demo account receive (the provider grants requested ∩ these)."""
     path = Path(os.environ.get("OAUTH_USERS_FILE", ROOT / "users.yaml"))
     try:
-        accounts = load_users_file(path).accounts
+        accounts = account_scopes(read_users_yaml(path))
     except UsersFileError as exc:
         raise ClientError(str(exc), "run the demo from the repository, next to users.yaml") from exc
     missing = [name for name in DEMO_ACCOUNTS if name not in accounts]
@@ -141,7 +141,7 @@ def allowed_scopes() -> dict[str, frozenset[str]]:
         raise ClientError(
             f"{path} has no account {', '.join(missing)}", "restore the test accounts"
         )
-    return {name: accounts[name].scopes for name in DEMO_ACCOUNTS}
+    return {name: accounts[name] for name in DEMO_ACCOUNTS}
 
 
 # --- Starting the servers the demo needs ------------------------------------------------------

@@ -39,8 +39,18 @@ from fastmcp.server.auth import AccessToken
 from joserfc import errors, jws, jwt
 from joserfc.jwk import KeySet
 
-from mcp_oauth.provider_discovery import Backoff, Provider, ProviderMetadata, ProviderUnavailable
-from mcp_oauth.token_verifier import CheckingVerifier, Grant, TokenRefused, claims_refusal
+from mcp_oauth.resource_server.introspection import (
+    CheckingVerifier,
+    Grant,
+    TokenRefused,
+    claims_refusal,
+)
+from mcp_oauth.resource_server.provider_discovery import (
+    Backoff,
+    Provider,
+    ProviderMetadata,
+    ProviderUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

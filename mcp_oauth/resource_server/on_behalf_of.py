@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import httpx
 from cachetools import TLRUCache
 
-from mcp_oauth.provider_discovery import Provider, ProviderError
-from mcp_oauth.token_verifier import Caller
+from mcp_oauth.resource_server.introspection import Caller
+from mcp_oauth.resource_server.provider_discovery import Provider, ProviderError
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from mcp.shared.auth import OAuthClientInformationFull, OAuthMetadata, OAuthToken
 from pydantic import AnyHttpUrl, BaseModel, ValidationError
 
-from .client_errors import ClientError
+from mcp_oauth.client.errors import ClientError
 
 DEFAULT_ACCOUNT = "default"
 # Refresh this long before the access token expires (capped at a tenth of its lifetime).

@@ -37,10 +37,12 @@ from starlette.authentication import AuthCredentials
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_oauth.provider_discovery import Provider, ProviderUnavailable
-from mcp_oauth.token_verifier import CheckingVerifier, TokenRefused
+from mcp_oauth.common.asgi_body import read_body, replay
+from mcp_oauth.common.text import printable
+from mcp_oauth.resource_server.introspection import CheckingVerifier, TokenRefused
+from mcp_oauth.resource_server.provider_discovery import Provider, ProviderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +165,9 @@ def _bearer_response(status: int, params: list[tuple[str, str]], description: st
 
 
 def quotable(text: str, limit: int = 300) -> str:
-    """`text` as an RFC 6750 §3 attribute value: printable ASCII without `"` or `\\`.
-    A refusal reason may quote a claim of the (untrusted) token."""
-    text = text.replace('"', "'")
-    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text[:limit])
+    """`text` as an RFC 6750 §3 attribute value. A refusal reason may quote a claim of the
+    (untrusted) token; its double quotes become single ones so the reason stays readable."""
+    return printable(text.replace('"', "'"), limit)
 
 
 def unavailable(exc: ProviderUnavailable) -> Response:
@@ -207,7 +208,7 @@ class OAuthGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         requirement: Requirement = PUBLIC  # GET and DELETE carry no request to run
         if scope["method"] == "POST":
-            body = await _read_body(receive, self.max_body)
+            body = await read_body(receive, self.max_body)
             if body is None:
                 await _json_rpc_error(413, -32600, "Request body too large")(scope, receive, send)
                 return
@@ -218,7 +219,7 @@ class OAuthGate:
                 await _json_rpc_error(400, -32700, "Parse error")(scope, receive, send)
                 return
             requirement = self.tools.requirement(message)
-            receive = _replay(body, receive)
+            receive = replay(body, receive)
 
         response = await self._decide(scope, requirement)
         if response is not None:
@@ -248,31 +249,6 @@ class OAuthGate:
         scope["user"] = AuthenticatedUser(access)
         scope["auth"] = AuthCredentials(access.scopes)
         return None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds `limit` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that hands the already-read body over again, then the real one."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay
 
 
 def _json_rpc_error(status: int, code: int, message: str) -> Response:

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from .grants import allowed_scopes, granted_scopes
-from .oauth_server import AuthorizationServer, read_parameters
-from .passwords import verify_password
-from .records import is_loopback_redirect
+from mcp_oauth.provider.authorization_server import AuthorizationServer, read_parameters
+from mcp_oauth.provider.grants import allowed_scopes, granted_scopes
+from mcp_oauth.provider.passwords import verify_password
+from mcp_oauth.provider.records import is_loopback_redirect
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 

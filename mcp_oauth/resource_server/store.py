@@ -15,7 +15,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, i
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import make_url
 
-from mcp_oauth.storage import create_storage_engine
+from mcp_oauth.common.sql import create_storage_engine
 
 metadata = MetaData()
 

@@ -21,9 +21,9 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.shared.exceptions import MCPError
 
-from .client_errors import ClientError
-from .client_login import Login
-from .client_trace import Trace
+from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.login import Login
+from mcp_oauth.client.trace import Trace
 
 T = TypeVar("T")
 

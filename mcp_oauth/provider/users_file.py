@@ -8,13 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from mcp_oauth.common.users_yaml import UsersFileError, account_scopes, read_users_yaml
 
 log = logging.getLogger("oauth_provider")
-
-
-class UsersFileError(ValueError):
-    """users.yaml is missing or malformed; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -76,18 +72,14 @@ def _secret_for(entry: dict, path: Path) -> str | None:
 
 
 def load_users_file(path: Path, extra_resources: list[str] = ()) -> UsersFile:
+    raw = read_users_yaml(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise UsersFileError(f"users file {path} is not valid YAML: {exc}") from exc
-    try:
+        scopes = account_scopes(raw)
         accounts = {
             name: Account(
                 username=name,
                 password_hash=entry["password_hash"],
-                scopes=frozenset(entry.get("scopes", [])),
+                scopes=scopes[name],
                 name=entry.get("name", name),
             )
             for name, entry in raw["users"].items()

@@ -18,9 +18,9 @@ import httpx2
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import BaseModel, ValidationError
 
-from .client_errors import ClientError, reaching
-from .client_identity import DEVICE_CODE_GRANT
-from .client_token_cache import ServerMetadata
+from mcp_oauth.client.errors import ClientError, reaching
+from mcp_oauth.client.identity import DEVICE_CODE_GRANT
+from mcp_oauth.client.token_cache import ServerMetadata
 
 Model = TypeVar("Model", bound=BaseModel)
 SLOW_DOWN_SECONDS = 5  # RFC 8628 §3.5: each slow_down adds five seconds to the interval

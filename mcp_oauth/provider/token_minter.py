@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from .storage import GrantSpec, IssuedToken, new_secret
+from mcp_oauth.provider.storage import GrantSpec, IssuedToken, new_secret
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,37 @@
+"""The SQL engine both servers store through (SQLAlchemy 2): SQLite in WAL mode by default,
+PostgreSQL for several replicas of the provider.
+
+Writers on SQLite ask for their transaction with the execution option `write=True`: they take
+the write lock up front (BEGIN IMMEDIATE); everything else runs as single autocommit reads."""
+
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A writer takes the write lock up front (BEGIN IMMEDIATE) so it waits its turn under
+    # busy_timeout instead of failing with "database is locked" when upgrading a read lock.
+    # Reads are single statements and run without a transaction (autocommit).
+    if conn.get_execution_options().get("write", False):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_storage_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, pool_size=16, max_overflow=16)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
