@@ -14,7 +14,8 @@ else a client ID metadata document (--client-metadata-url) if the provider suppo
 else it registers itself (RFC 7591). Sign-in is the authorization code flow with PKCE S256,
 `resource` (RFC 8707) and the `iss` check (RFC 9207) — or the device grant.
 
-Read top to bottom: arguments, login modes, the token cache, the commands, the tool prompt, main().
+Read top to bottom: settings, the client identity, the sign-in mode, the session (token cache,
+refresh, step-up), the tool prompt and the one-shot commands, main().
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ out = Console()  # results: tables, tool answers
 ui = Console(stderr=True)  # everything else: sign-in prompts, spinners, the trace, errors
 
 
-# --- Arguments ---------------------------------------------------------------------------------
+# --- Settings: flags and their environment variables ------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,7 +122,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- Login modes: who walks through the provider's pages --------------------------------------
+# --- Identity: which client the user signs in through -----------------------------------------
+
+
+def client_identity(args: argparse.Namespace) -> ClientIdentity:
+    """--client-id, else a client ID metadata document the provider supports, else dynamic
+    registration (remembered in the token cache): the order the MCP specification prefers."""
+    return ClientIdentity(args.client_id, args.client_metadata_url)
+
+
+# --- Sign-in mode: who walks through the provider's pages -------------------------------------
 
 
 def login_mode(args: argparse.Namespace, trace: Trace | None) -> LoginMode:
@@ -132,91 +142,25 @@ def login_mode(args: argparse.Namespace, trace: Trace | None) -> LoginMode:
     return BrowserLogin(ui, trace, open_browser=not args.no_browser)
 
 
-# --- The token cache: one file per server and account -----------------------------------------
+# --- The session: a token on every request; 401 signs in, 403 steps up once -------------------
 
 
 def open_login(args: argparse.Namespace, http: httpx2.AsyncClient, trace: Trace | None) -> Login:
+    """One account's standing at the MCP server, starting from its token cache file. The
+    McpSession (session.py) asks it for the token before each request, and after a 401 or 403
+    to sign in, refresh or step up (login.py) — never twice for the same scope."""
     return Login(
         http,
         args.url,
         TokenCache(args.url, args.user),
         login_mode(args, trace),
-        ClientIdentity(args.client_id, args.client_metadata_url),
+        client_identity(args),
         account=args.user or "this account",
         scope=args.scope,
     )
 
 
-# --- Commands ----------------------------------------------------------------------------------
-
-
-async def show_tools(mcp: McpSession, tools: list[Tool]) -> None:
-    needs = await tool_requirements(mcp, tools)
-    table = Table(title=f"Tools at {mcp.url}")
-    table.add_column("#", justify="right")
-    table.add_column("tool", style="bold")
-    table.add_column("needs")
-    table.add_column("description")
-    for number, tool in enumerate(tools, 1):
-        summary = (tool.description or "").strip().splitlines()
-        table.add_row(
-            str(number), tool.name, needs.get(tool.name, UNKNOWN), summary[0] if summary else ""
-        )
-    out.print(table)
-
-
-async def call_tool(mcp: McpSession, name: str, arguments: dict[str, Any]) -> bool:
-    result = await mcp.call_tool(name, arguments)
-    if result.is_error:
-        ui.print(f"[red]✗ {name} failed:[/red] {result_text(result)}", highlight=False)
-        return False
-    out.print(result_text(result), highlight=False, markup=False)
-    return True
-
-
-async def call_by_name(mcp: McpSession, name: str, words: list[str]) -> bool:
-    tools = {tool.name: tool for tool in await mcp.list_tools()}
-    if name not in tools:
-        raise ClientError(f"{mcp.url} has no tool {name!r}", "'tools' lists them")
-    return await call_tool(mcp, name, parse_arguments(words, tools[name].input_schema))
-
-
-async def whoami(mcp: McpSession, login: Login) -> dict[str, Any]:
-    """The server's view of the token (signing in if needed), and what the cache holds."""
-    result = await mcp.call_tool(WHOAMI_TOOL, {})
-    if result.is_error:
-        raise ClientError(f"{WHOAMI_TOOL} failed: {result_text(result)}", "try again with --trace")
-    profile = result.structured_content or {}
-    saved = login.saved
-    rows = {
-        "user": profile.get("username"),
-        "scopes": " ".join(profile.get("scopes", [])) or (saved.granted_scope if saved else None),
-        "expires in": f"{profile['token_expires_in']} s"
-        if profile.get("token_expires_in")
-        else None,
-        "client id": saved.client.client_id if saved else None,
-        "provider": str(saved.metadata.issuer) if saved else None,
-        "resource": saved.resource if saved else None,
-        "token cache": str(login.cache.path),
-    }
-    table = Table(show_header=False, title="Signed in")
-    for key, value in rows.items():
-        if value:
-            table.add_row(key, str(value))
-    out.print(table)
-    return profile
-
-
-async def logout(login: Login, url: str) -> None:
-    if await login.logout():
-        out.print(
-            f"Signed out of {url}: tokens revoked at the provider and {login.cache.path} deleted."
-        )
-    else:
-        out.print(f"Not signed in to {url} (no cached tokens at {login.cache.path}).")
-
-
-# --- The tool prompt ---------------------------------------------------------------------------
+# --- The tool prompt --------------------------------------------------------------------------
 
 
 async def tool_prompt(mcp: McpSession, login: Login) -> None:
@@ -276,7 +220,76 @@ def ask(name: str, hint: str, required: bool) -> str:
             return text
 
 
-# --- main() ------------------------------------------------------------------------------------
+# --- One-shot commands (and the pieces the prompt shares) -------------------------------------
+
+
+async def show_tools(mcp: McpSession, tools: list[Tool]) -> None:
+    needs = await tool_requirements(mcp, tools)
+    table = Table(title=f"Tools at {mcp.url}")
+    table.add_column("#", justify="right")
+    table.add_column("tool", style="bold")
+    table.add_column("needs")
+    table.add_column("description")
+    for number, tool in enumerate(tools, 1):
+        summary = (tool.description or "").strip().splitlines()
+        table.add_row(
+            str(number), tool.name, needs.get(tool.name, UNKNOWN), summary[0] if summary else ""
+        )
+    out.print(table)
+
+
+async def call_tool(mcp: McpSession, name: str, arguments: dict[str, Any]) -> bool:
+    result = await mcp.call_tool(name, arguments)
+    if result.is_error:
+        ui.print(f"[red]✗ {name} failed:[/red] {result_text(result)}", highlight=False)
+        return False
+    out.print(result_text(result), highlight=False, markup=False)
+    return True
+
+
+async def call_by_name(mcp: McpSession, name: str, words: list[str]) -> bool:
+    tools = {tool.name: tool for tool in await mcp.list_tools()}
+    if name not in tools:
+        raise ClientError(f"{mcp.url} has no tool {name!r}", "'tools' lists them")
+    return await call_tool(mcp, name, parse_arguments(words, tools[name].input_schema))
+
+
+async def whoami(mcp: McpSession, login: Login) -> dict[str, Any]:
+    """The server's view of the token (signing in if needed), and what the cache holds."""
+    result = await mcp.call_tool(WHOAMI_TOOL, {})
+    if result.is_error:
+        raise ClientError(f"{WHOAMI_TOOL} failed: {result_text(result)}", "try again with --trace")
+    profile = result.structured_content or {}
+    saved = login.saved
+    rows = {
+        "user": profile.get("username"),
+        "scopes": " ".join(profile.get("scopes", [])) or (saved.issued_scope if saved else None),
+        "expires in": f"{profile['token_expires_in']} s"
+        if profile.get("token_expires_in")
+        else None,
+        "client id": saved.client.client_id if saved else None,
+        "provider": str(saved.metadata.issuer) if saved else None,
+        "resource": saved.resource if saved else None,
+        "token cache": str(login.cache.path),
+    }
+    table = Table(show_header=False, title="Signed in")
+    for key, value in rows.items():
+        if value:
+            table.add_row(key, str(value))
+    out.print(table)
+    return profile
+
+
+async def logout(login: Login, url: str) -> None:
+    if await login.logout():
+        out.print(
+            f"Signed out of {url}: tokens revoked at the provider and {login.cache.path} deleted."
+        )
+    else:
+        out.print(f"Not signed in to {url} (no cached tokens at {login.cache.path}).")
+
+
+# --- main() -----------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -22,17 +22,16 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
-import httpx
 import httpx2
 import pytest
 from mcp.shared.auth import OAuthClientInformationFull
 
+from mcp_oauth.client.authorization_code import AuthorizationRequest, authorization_code_flow
+from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError
 from mcp_oauth.client.headless import authorize_with_password, parse_page
 from mcp_oauth.client.identity import REGISTERED_REDIRECT_URI
-from mcp_oauth.client.login_modes import AuthorizationRequest, authorization_code_flow
-from mcp_oauth.client.token_cache import ServerMetadata
-from mcp_oauth.client.token_requests import Endpoints
+from mcp_oauth.client.token_requests import DEVICE_CODE_GRANT, Endpoints
 from tests.conftest import start_provider, start_resource_server
 from tests.support import ROOT, ServerProcess, free_port
 
@@ -54,7 +53,7 @@ class Stack:
             process.stop()
 
     def introspect(self, token: str) -> dict:
-        answer = httpx.post(
+        answer = httpx2.post(
             f"{self.issuer}/introspect",
             data={"token": token},
             auth=("mcp-resource-server", RS_SECRET),
@@ -169,7 +168,7 @@ def finish(process: subprocess.Popen, seen: list[str]) -> tuple[int, str, str]:
 
 def decide_device_code(issuer: str, user_code: str, account: str, decision: str) -> None:
     """What the person does on their phone: open /device, sign in, enter the code, decide."""
-    with httpx.Client(base_url=issuer, follow_redirects=True, timeout=30) as browser:
+    with httpx2.Client(base_url=issuer, follow_redirects=True, timeout=30) as browser:
         page = browser.get("/device", params={"user_code": user_code})
         fields = dict(parse_page(page.text).forms[0].fields)
         fields.update(username=account, password=PASSWORDS[account])
@@ -310,7 +309,7 @@ def sign_in_through_browser(
     url = read_until(client.stderr, re.escape(stack.issuer) + r"/authorize\?\S+", seen).group(0)
 
     async def browser() -> None:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             callback = await authorize_with_password(
                 http, url, account, PASSWORDS[account], approve=approve
             )
@@ -400,7 +399,7 @@ def test_device_polling_honours_interval_and_slow_down(stack):
     """Someone polls the same code just before the client does: the client's poll is then too
     early, the provider answers slow_down, and the client waits five seconds longer."""
     metadata = ServerMetadata.model_validate(
-        httpx.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()
+        httpx2.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()
     )
     client = OAuthClientInformationFull(client_id="mcp-client", token_endpoint_auth_method="none")
     polls: list[tuple[float, str]] = []
@@ -418,9 +417,8 @@ def test_device_polling_honours_interval_and_slow_down(stack):
 
             async def meddle_then_approve() -> None:
                 await anyio.sleep(device.interval - 1.5)
-                grant = "urn:ietf:params:oauth:grant-type:device_code"
-                early = {"grant_type": grant, "device_code": device.device_code}
-                answer = httpx.post(
+                early = {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code}
+                answer = httpx2.post(
                     str(metadata.token_endpoint), data=early | {"client_id": "mcp-client"}
                 )
                 assert answer.json()["error"] == "authorization_pending"
@@ -529,12 +527,12 @@ def test_stale_registration_is_replaced_after_the_provider_forgets_it(user, stac
 def test_authorization_response_from_another_issuer_is_refused(stack):
     """RFC 9207: an `iss` that is not the issuer means a mix-up; no code is redeemed."""
     metadata = ServerMetadata.model_validate(
-        httpx.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()
+        httpx2.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()
     )
     client = OAuthClientInformationFull(client_id="mcp-client", token_endpoint_auth_method="none")
 
     async def attacker_in_the_middle(url: str) -> str:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             callback = await authorize_with_password(http, url, "alice", PASSWORDS["alice"])
         parts = urlsplit(callback)
         query = dict(parse_qsl(parts.query)) | {"iss": "http://attacker.example"}

@@ -8,14 +8,15 @@ import json
 import stat
 import time
 
-import httpx
+import httpx2
 import pytest
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from rich.console import Console
 
 from mcp_oauth.client.demo import sample_arguments
+from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError
-from mcp_oauth.client.token_cache import SavedLogin, ServerMetadata, TokenCache
+from mcp_oauth.client.token_cache import SavedLogin, TokenCache
 from mcp_oauth.client.tools import ask_arguments, parse_arguments, scope_needed
 from mcp_oauth.client.trace import REDACTED, Trace, describe_body, redact_url
 
@@ -66,14 +67,14 @@ def test_trace_numbers_exchanges_and_hides_the_bearer_token():
     output = io.StringIO()
     trace = Trace(Console(file=output, width=300))
     trace.name("http://mcp.test/mcp", "MCP server")
-    request = httpx.Request(
+    request = httpx2.Request(
         "POST",
         "http://mcp.test/mcp",
         headers={"Authorization": "Bearer SECRET"},
         json={"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read_data"}},
     )
     asyncio.run(trace.on_request(request))
-    asyncio.run(trace.on_response(httpx.Response(200, json={"ok": True}, request=request)))
+    asyncio.run(trace.on_response(httpx2.Response(200, json={"ok": True}, request=request)))
     lines = output.getvalue().splitlines()
     assert "SECRET" not in output.getvalue()
     assert lines[0].split()[:5] == ["1", "client", "→", "MCP", "server"]
@@ -176,9 +177,12 @@ def test_unreadable_cache_is_one_line(tmp_path, monkeypatch):
 
 def test_refresh_keeps_what_the_answer_leaves_out_and_refreshes_ahead_of_expiry():
     login = saved_login(access_token="a1", refresh_token="r1", expires_in=3600, scope="read")
+    before = time.time()
     login.store_tokens(OAuthToken(access_token="a2", expires_in=3600))
-    assert login.tokens.refresh_token == "r1" and login.granted_scope == "read"
-    assert login.refresh_at == pytest.approx(time.time() + 3600 - 60, abs=5)
+    after = time.time()
+    assert login.tokens.refresh_token == "r1" and login.issued_scope == "read"
+    assert before + 3600 <= login.expires_at <= after + 3600  # counted from the answer
+    assert login.refresh_at == login.expires_at - 60  # a minute ahead
     login.store_tokens(OAuthToken(access_token="a3", refresh_token="r3", expires_in=10))
     assert login.tokens.refresh_token == "r3"  # rotated
-    assert login.refresh_at == pytest.approx(time.time() + 9, abs=1)
+    assert login.refresh_at == login.expires_at - 1  # a tenth of a short lifetime ahead

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import httpx2
 import mcp_types
 from rich.console import Console
@@ -36,6 +35,7 @@ from mcp_oauth.client.session import McpSession
 from mcp_oauth.client.token_cache import TokenCache
 from mcp_oauth.client.tools import result_text, scope_needed, tool_requirements
 from mcp_oauth.client.trace import Trace
+from mcp_oauth.common.scopes import scope_str
 from mcp_oauth.common.users_yaml import UsersFileError, account_scopes, read_users_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ class Outcome:
 
 async def run_demo(url: str, out: Console, ui: Console, trace: Trace | None) -> bool:
     """Print the tool × account table; True when every cell is what users.yaml grants."""
-    granted = allowed_scopes()
+    allowed = allowed_scopes()
     with servers_running(url, ui):
         outcomes: dict[tuple[str, str], Outcome] = {}
         needs: dict[str, str] = {}
@@ -69,14 +69,14 @@ async def run_demo(url: str, out: Console, ui: Console, trace: Trace | None) -> 
     table.add_column("tool", style="bold")
     table.add_column("needs")
     for account in DEMO_ACCOUNTS:
-        table.add_column(f"{account}\n({' '.join(sorted(granted[account]))})")
+        table.add_column(f"{account}\n({scope_str(allowed[account])})")
     all_as_expected = True
     for tool, need in needs.items():
         cells = []
         for account in DEMO_ACCOUNTS:
             outcome = outcomes[(tool, account)]
             scope = scope_needed(need)
-            expected = scope is None or scope in granted[account]
+            expected = scope is None or scope in allowed[account]
             all_as_expected &= outcome.allowed == expected
             mark = "[green]✓ allowed[/green]" if outcome.allowed else "[yellow]✗ denied[/yellow]"
             unexpected = (
@@ -111,7 +111,7 @@ async def try_tool(mcp: McpSession, tool: mcp_types.Tool) -> Outcome:
     try:
         result = await mcp.call_tool(tool.name, sample_arguments(tool.input_schema))
     except NotAllowed as refusal:
-        return Outcome(False, f"lacks {refusal.scope}; granted {refusal.granted or 'nothing'}")
+        return Outcome(False, f"lacks {refusal.scope}; granted {refusal.issued or 'nothing'}")
     if result.is_error:  # the tool ran and refused the sample arguments: access was granted
         return Outcome(True, f"ran; it said: {result_text(result)}")
     return Outcome(True, "ran")
@@ -160,8 +160,8 @@ def servers_running(url: str, ui: Console) -> Iterator[None]:
 
 def answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
+        return httpx2.get(url, timeout=2).status_code == 200
+    except httpx2.TransportError:
         return False
 
 

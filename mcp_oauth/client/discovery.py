@@ -19,14 +19,20 @@ from mcp.client.auth.utils import (
     extract_resource_metadata_from_www_auth,
     validate_metadata_issuer,
 )
-from mcp.shared.auth import ProtectedResourceMetadata
+from mcp.shared.auth import OAuthMetadata, ProtectedResourceMetadata
 from mcp.shared.auth_utils import check_resource_allowed, resource_url_from_server_url
-from pydantic import BaseModel, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ValidationError
 
 from mcp_oauth.client.errors import ClientError, reaching
-from mcp_oauth.client.token_cache import ServerMetadata
+from mcp_oauth.common.oauth_errors import refusal_reason
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class ServerMetadata(OAuthMetadata):
+    """RFC 8414 metadata plus the RFC 8628 endpoint the SDK's model does not carry."""
+
+    device_authorization_endpoint: AnyHttpUrl | None = None
 
 
 @dataclass
@@ -112,15 +118,7 @@ async def _first_document(
             except ValidationError:
                 continue
         if response.status_code >= 500:
-            raise ClientError(
-                f"{url} answered HTTP {response.status_code}{_why(response)}", failing_fix
-            )
+            reason = refusal_reason(response)
+            because = f": {reason}" if reason else ""
+            raise ClientError(f"{url} answered HTTP {response.status_code}{because}", failing_fix)
     return None
-
-
-def _why(response: httpx2.Response) -> str:
-    """A server's own explanation of an error answer, when it gives one in JSON."""
-    try:
-        return f": {response.json()['error_description']}"
-    except (ValueError, KeyError, TypeError):
-        return ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import httpx2
 
 
@@ -28,6 +27,6 @@ def reaching(what: str, url: str, fix: str) -> Iterator[None]:
     """Turn "could not talk to `url` at all" into a ClientError naming the server and the fix."""
     try:
         yield
-    except (httpx.TransportError, httpx2.TransportError) as exc:
+    except httpx2.TransportError as exc:
         reason = type(exc).__name__ if not str(exc) else str(exc)
         raise ClientError(f"cannot reach the {what} at {url} ({reason})", fix) from exc

@@ -7,14 +7,17 @@ parameters) exactly as a browser would, so it exercises the real pages, not a ba
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
-import httpx
+import httpx2
+from mcp.client.auth import PKCEParameters
+from mcp.shared.auth import OAuthClientInformationFull
+
+from mcp_oauth.client.authorization_code import AuthorizationRequest, authorization_code_flow
+from mcp_oauth.client.discovery import ServerMetadata
+from mcp_oauth.client.token_requests import Endpoints
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
@@ -24,10 +27,6 @@ class HeadlessLoginError(Exception):
 
 
 class WrongPasswordError(HeadlessLoginError):
-    pass
-
-
-class ConsentDeniedError(HeadlessLoginError):
     pass
 
 
@@ -82,7 +81,7 @@ def check_password_transport(url: str) -> None:
 
 
 async def authorize_with_password(
-    http: httpx.AsyncClient,
+    http: httpx2.AsyncClient,
     authorize_url: str,
     username: str,
     password: str,
@@ -118,7 +117,7 @@ async def authorize_with_password(
     raise HeadlessLoginError("the provider's pages did not lead back to the client")
 
 
-def _pick_form(page: _FormParser, response: httpx.Response) -> Form:
+def _pick_form(page: _FormParser, response: httpx2.Response) -> Form:
     if not page.forms:
         status = response.status_code
         raise HeadlessLoginError(
@@ -133,10 +132,9 @@ def _same_origin(a: str, b: str) -> bool:
 
 
 def pkce_pair() -> tuple[str, str]:
-    """(code_verifier, S256 code_challenge) per RFC 7636."""
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    """(code_verifier, S256 code_challenge) per RFC 7636, made by the MCP SDK as the client's."""
+    pkce = PKCEParameters.generate()
+    return pkce.code_verifier, pkce.code_challenge
 
 
 async def obtain_tokens(
@@ -149,46 +147,29 @@ async def obtain_tokens(
     client_id: str = "mcp-client",
     redirect_uri: str = "http://127.0.0.1:8976/callback",
 ) -> dict:
-    """The whole authorization code flow with PKCE against our provider; the token response.
+    """The client's own authorization code flow against our provider, signed in headlessly;
+    the token response as a dict.
 
-    For scripts and tests: the redirect is read from the Location header, so nothing needs
-    to listen on redirect_uri.
+    For scripts and tests: the endpoints are our provider's paths below `issuer` (no
+    discovery), and the redirect is read from the Location header, so nothing needs to listen
+    on redirect_uri. Failures raise as they do in the client (`ClientError`,
+    `OAuthErrorResponse`, `HeadlessLoginError`).
     """
-    verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(16)
-    params = {
-        "response_type": "code",
-        "client_id": client_id,
-        "redirect_uri": redirect_uri,
-        "scope": scope,
-        "state": state,
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-    }
-    if resource:
-        params["resource"] = resource
-    async with httpx.AsyncClient(timeout=30) as http:
-        callback = await authorize_with_password(
-            http, f"{issuer}/authorize?{urlencode(params)}", username, password
-        )
-        query = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
-        if query.get("state") != state or query.get("iss") != issuer:
-            raise HeadlessLoginError("the authorization response has a wrong state or iss")
-        if "error" in query:
-            error = query["error"]
-            if error == "access_denied":
-                raise ConsentDeniedError("consent was denied")
-            raise HeadlessLoginError(f"{error}: {query.get('error_description', '')}")
-        form = {
-            "grant_type": "authorization_code",
-            "code": query["code"],
-            "redirect_uri": redirect_uri,
-            "client_id": client_id,
-            "code_verifier": verifier,
+    metadata = ServerMetadata.model_validate(
+        {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "response_types_supported": ["code"],
+            "authorization_response_iss_parameter_supported": True,
         }
-        if resource:
-            form["resource"] = resource
-        response = await http.post(f"{issuer}/token", data=form)
-        if response.status_code != 200:
-            raise HeadlessLoginError(f"token request failed: {response.text}")
-        return response.json()
+    )
+    client = OAuthClientInformationFull(client_id=client_id, token_endpoint_auth_method="none")
+    async with httpx2.AsyncClient(timeout=30) as http:
+        request = AuthorizationRequest(Endpoints(http, metadata, client, resource), scope)
+
+        async def user_agent(url: str) -> str:
+            return await authorize_with_password(http, url, username, password)
+
+        tokens = await authorization_code_flow(request, redirect_uri, user_agent)
+    return tokens.model_dump(exclude_none=True)

@@ -26,12 +26,12 @@ from mcp.client.auth.utils import (
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
 from pydantic import AnyUrl
 
+from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError, reaching
-from mcp_oauth.client.token_cache import ServerMetadata
+from mcp_oauth.client.token_requests import GRANT_TYPES
 
 CLIENT_NAME = "MCP learner client (client.py)"
 REGISTERED_REDIRECT_URI = "http://127.0.0.1/callback"
-DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ClientIdentity:
 async def register(
     http: httpx2.AsyncClient, metadata: ServerMetadata, redirect_uris: list[AnyUrl]
 ) -> OAuthClientInformationFull:
-    """RFC 7591 registration of a public client for every grant the client can use."""
+    """RFC 7591 registration of a public client for every grant type the client uses."""
     if metadata.registration_endpoint is None:
         raise ClientError(
             f"{metadata.issuer} offers no dynamic client registration",
@@ -77,7 +77,7 @@ async def register(
         client_name=CLIENT_NAME,
         redirect_uris=redirect_uris,
         token_endpoint_auth_method="none",
-        grant_types=["authorization_code", "refresh_token", DEVICE_CODE_GRANT],
+        grant_types=list(GRANT_TYPES),
     )
     request = create_client_registration_request(metadata, client_metadata, str(metadata.issuer))
     with reaching("authorization server", str(request.url), "start it (python oauth_provider.py)"):

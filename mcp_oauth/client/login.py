@@ -13,29 +13,27 @@ from __future__ import annotations
 import time
 
 import httpx2
-from mcp.client.auth.utils import (
-    extract_scope_from_www_auth,
-    get_client_metadata_scopes,
-    union_scopes,
-)
+from mcp.client.auth.utils import extract_scope_from_www_auth, get_client_metadata_scopes
 
+from mcp_oauth.client.authorization_code import AuthorizationRequest
 from mcp_oauth.client.discovery import discover
 from mcp_oauth.client.errors import ClientError
 from mcp_oauth.client.identity import ClientIdentity
-from mcp_oauth.client.login_modes import AuthorizationRequest, LoginMode
+from mcp_oauth.client.login_modes import LoginMode
 from mcp_oauth.client.token_cache import SavedLogin, TokenCache
 from mcp_oauth.client.token_requests import ClientRejected, Endpoints, OAuthErrorResponse, explain
+from mcp_oauth.common.scopes import scope_set, scope_str
 
 
 class NotAllowed(ClientError):
-    """The provider would not grant a scope this account needs."""
+    """The provider would not issue a token with a scope this account needs."""
 
-    def __init__(self, account: str, scope: str, granted: str):
+    def __init__(self, account: str, scope: str, issued: str):
         self.scope = scope
-        self.granted = granted
+        self.issued = issued
         super().__init__(
             f"{account} is not allowed scope '{scope}' "
-            f"(the provider granted: {granted or 'nothing'})",
+            f"(the provider granted: {issued or 'nothing'})",
             "ask the provider's administrator to add it to the account in users.yaml",
         )
 
@@ -128,15 +126,15 @@ class Login:
         grant it — the account is simply not allowed it, and asking again would loop.
         """
         saved = self.saved
-        needed = extract_scope_from_www_auth(challenge) or ""
+        needed = scope_set(extract_scope_from_www_auth(challenge))
         if saved is None or saved.tokens is None:
             raise ClientError("the server wants a scope but no sign-in is held", "sign in again")
-        asked = set((saved.requested_scope or "").split()) | set(saved.granted_scope.split())
-        if not set(needed.split()) <= asked:
-            await self._authorize(saved, union_scopes(" ".join(sorted(asked)), needed))
-        missing = set(needed.split()) - set(saved.granted_scope.split())
+        asked = scope_set(saved.requested_scope) | scope_set(saved.issued_scope)
+        if not needed <= asked:
+            await self._authorize(saved, scope_str(asked | needed))
+        missing = needed - scope_set(saved.issued_scope)
         if missing:
-            raise NotAllowed(self.account, " ".join(sorted(missing)), saved.granted_scope)
+            raise NotAllowed(self.account, scope_str(missing), saved.issued_scope)
 
     async def _authorize(self, saved: SavedLogin, scope: str | None) -> None:
         request = AuthorizationRequest(self.endpoints(saved), scope)
@@ -147,7 +145,7 @@ class Login:
                 unknown = explain(failure, "signing in")
                 raise ClientRejected(unknown.cause, unknown.fix) from failure
             known = set(saved.metadata.scopes_supported or [])
-            if failure.error == "invalid_scope" and scope and set(scope.split()) <= known:
+            if failure.error == "invalid_scope" and scope and scope_set(scope) <= known:
                 raise NotAllowed(self.account, scope, "") from failure  # requested ∩ allowed = ∅
             raise explain(failure, "signing in") from failure
         saved.store_tokens(tokens, requested_scope=scope)

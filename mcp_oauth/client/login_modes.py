@@ -1,31 +1,26 @@
 """The three ways a person signs in: system browser, password typed into the provider's forms
 by the client itself (headless), or a code entered on another device.
 
-Browser and headless are the same authorization code flow (RFC 6749 §4.1 with PKCE S256,
-RFC 7636; `resource`, RFC 8707; the `iss` check, RFC 9207) and differ only in who walks
-through the provider's pages: a person in their browser, reaching our loopback callback
-(RFC 8252 §7.3), or `mcp_oauth.client.headless` filling in the same forms over HTTP. The device
-mode is RFC 8628: show a code, poll until the person has approved it elsewhere.
+Browser and headless are the same authorization code flow (`authorization_code.py`) and
+differ only in who walks through the provider's pages: a person in their browser, reaching
+our loopback callback (RFC 8252 §7.3), or `headless.py` filling in the same forms over HTTP.
+Both first check that the provider accepts the request at all. The device mode is RFC 8628:
+show a code, poll until the person has approved it elsewhere.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import sys
 import threading
 import webbrowser
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
-import httpx
+import httpx2
 import uvicorn
-from mcp.client.auth import OAuthFlowError, PKCEParameters
-from mcp.client.auth.utils import validate_authorization_response_iss
 from mcp.shared.auth import OAuthToken
 from rich.console import Console
 from rich.panel import Panel
@@ -35,67 +30,18 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from mcp_oauth.client import headless
+from mcp_oauth.client.authorization_code import AuthorizationRequest, authorization_code_flow
 from mcp_oauth.client.errors import ClientError, reaching
 from mcp_oauth.client.identity import REGISTERED_REDIRECT_URI
-from mcp_oauth.client.token_requests import ClientRejected, Endpoints, OAuthErrorResponse
+from mcp_oauth.client.token_requests import ClientRejected, Endpoints
 from mcp_oauth.client.trace import Trace, redact_url
 
 CALLBACK_PORT = 53682  # the loopback port tried first; any free one is fine for the provider
 SIGN_IN_TIMEOUT = 300.0
 
-UserAgent = Callable[[str], Awaitable[str]]
-"""Takes the authorization URL, walks the provider's pages, returns the redirect URL it ends on."""
-
-
-@dataclass(frozen=True)
-class AuthorizationRequest:
-    """What to ask for and from whom: one client at one provider, for one resource."""
-
-    endpoints: Endpoints
-    scope: str | None
-
 
 class LoginMode(Protocol):
     async def authorize(self, request: AuthorizationRequest) -> OAuthToken: ...
-
-
-async def authorization_code_flow(
-    request: AuthorizationRequest, redirect_uri: str, user_agent: UserAgent
-) -> OAuthToken:
-    """RFC 6749 §4.1 with PKCE S256, `state`, `resource` and the RFC 9207 `iss` check."""
-    endpoints = request.endpoints
-    pkce = PKCEParameters.generate()
-    state = secrets.token_urlsafe(32)
-    params = {
-        "response_type": "code",
-        "client_id": endpoints.client.client_id,
-        "redirect_uri": redirect_uri,
-        "state": state,
-        "code_challenge": pkce.code_challenge,
-        "code_challenge_method": "S256",
-        "resource": endpoints.resource,
-    } | ({"scope": request.scope} if request.scope else {})
-    url = f"{endpoints.metadata.authorization_endpoint}?{urlencode(params)}"
-    await check_authorization_request(endpoints, url)
-    answer = dict(parse_qsl(urlsplit(await user_agent(url)).query))
-    try:
-        validate_authorization_response_iss(answer.get("iss"), endpoints.metadata)
-    except OAuthFlowError as exc:
-        raise ClientError(
-            f"the sign-in answer names issuer {answer.get('iss')!r}, "
-            f"not {endpoints.metadata.issuer} (RFC 9207: a possible mix-up attack)",
-            "sign in again, and only through the provider the MCP server names",
-        ) from exc
-    if answer.get("state") != state:
-        raise ClientError(
-            "the sign-in answer does not belong to this request (state mismatch)",
-            "sign in again from a fresh run; close older sign-in tabs",
-        )
-    if "error" in answer:
-        raise OAuthErrorResponse(answer["error"], answer.get("error_description"))
-    if "code" not in answer:
-        raise ClientError("the sign-in answer carries no authorization code", "sign in again")
-    return await endpoints.exchange_code(answer["code"], redirect_uri, pkce.code_verifier)
 
 
 async def check_authorization_request(endpoints: Endpoints, url: str) -> None:
@@ -126,6 +72,7 @@ class BrowserLogin:
             redirect_uri = f"http://127.0.0.1:{sock.getsockname()[1]}/callback"
 
             async def user_agent(url: str) -> str:
+                await check_authorization_request(request.endpoints, url)
                 if self.open_browser and browser_beside_terminal():
                     self.console.print("Opening your browser to sign in (or open this URL):")
                     # In a thread: some browsers only return when they are closed.
@@ -209,8 +156,9 @@ class PasswordLogin:
             ) from exc
 
         async def user_agent(url: str) -> str:
+            await check_authorization_request(request.endpoints, url)
             hooks = self.trace.hooks() if self.trace else {}
-            async with httpx.AsyncClient(timeout=30, event_hooks=hooks) as forms:
+            async with httpx2.AsyncClient(timeout=30, event_hooks=hooks) as forms:
                 with reaching("authorization server", url, "start it (python oauth_provider.py)"):
                     try:
                         return await headless.authorize_with_password(

@@ -16,13 +16,16 @@ from typing import Any, TypeVar
 import httpx2
 import mcp_types
 from fastmcp import Client
-from fastmcp.client.client import CallToolResult
 from fastmcp.client.transports import StreamableHttpTransport
-from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.shared.exceptions import MCPError
 
 from mcp_oauth.client.errors import ClientError
 from mcp_oauth.client.login import Login
+from mcp_oauth.client.sdk_internals import (
+    TRANSPORT_FAILURES,
+    CallToolResult,
+    mcp_http_client_factory,
+)
 from mcp_oauth.client.trace import Trace
 
 T = TypeVar("T")
@@ -53,7 +56,7 @@ class BearerToken(httpx2.Auth):
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         if token := self.login.access_token:
             request.headers["Authorization"] = f"Bearer {token}"
-        self.unanswered = True  # stays so when sending fails: httpx closes the flow right here
+        self.unanswered = True  # stays so when sending fails: httpx2 never resumes the flow then
         response = yield request
         self.unanswered = False
         if response.status_code >= 400:
@@ -95,19 +98,11 @@ class McpSession:
 
     async def _connect(self) -> None:
         transport = StreamableHttpTransport(
-            self.url, auth=self.bearer, httpx_client_factory=self._http_client
+            self.url, auth=self.bearer, httpx_client_factory=mcp_http_client_factory(self.hooks)
         )
         client = Client(transport)
         await client.__aenter__()
         self.client = client
-
-    def _http_client(self, **options: Any) -> httpx2.AsyncClient:
-        options.pop("follow_redirects", None)  # the MCP transport follows same-origin ones itself
-        if options.get("timeout") is None:
-            options["timeout"] = httpx2.Timeout(
-                MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT
-            )
-        return httpx2.AsyncClient(event_hooks=self.hooks, **options)
 
     async def _authorized(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run `operation`; after a 401 let Login sign in, after a 403 let it step up, each at
@@ -136,7 +131,7 @@ class McpSession:
         self.bearer.forget()
         try:
             return await operation()
-        except (MCPError, RuntimeError, httpx2.HTTPError) as exc:
+        except TRANSPORT_FAILURES as exc:
             answer = self.bearer.refusal
             if answer is not None and answer.status_code in (401, 403):
                 raise Refused(answer) from exc

@@ -15,20 +15,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mcp.shared.auth import OAuthClientInformationFull, OAuthMetadata, OAuthToken
-from pydantic import AnyHttpUrl, BaseModel, ValidationError
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from pydantic import BaseModel, ValidationError
 
+from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError
 
 DEFAULT_ACCOUNT = "default"
 # Refresh this long before the access token expires (capped at a tenth of its lifetime).
 REFRESH_AHEAD_SECONDS = 60
-
-
-class ServerMetadata(OAuthMetadata):
-    """RFC 8414 metadata plus the RFC 8628 endpoint the SDK's model does not carry."""
-
-    device_authorization_endpoint: AnyHttpUrl | None = None
 
 
 class SavedLogin(BaseModel):
@@ -61,7 +56,8 @@ class SavedLogin(BaseModel):
             self.refresh_at = self.expires_at - ahead
 
     @property
-    def granted_scope(self) -> str:
+    def issued_scope(self) -> str:
+        """The scope of the token held (RFC 6749 §5.1: as issued, else as requested)."""
         return (self.tokens.scope if self.tokens else None) or ""
 
 

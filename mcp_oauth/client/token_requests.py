@@ -5,6 +5,9 @@ device authorization and polling (RFC 8628 §3.1–3.5), revocation (RFC 7009). 
 request carries `resource` (RFC 8707) so the token is issued for this MCP server only.
 An error answer becomes an `OAuthErrorResponse`; `explain` turns it into a one-line cause
 and fix for the user.
+
+"Grant" means one thing here, as in RFC 6749 §1.3: an authorization grant, the credential a
+token request presents (`grant_type` and its parameters).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import httpx2
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import BaseModel, ValidationError
 
+from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError, reaching
-from mcp_oauth.client.identity import DEVICE_CODE_GRANT
-from mcp_oauth.client.token_cache import ServerMetadata
+from mcp_oauth.common.oauth_errors import oauth_error
 
 Model = TypeVar("Model", bound=BaseModel)
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+GRANT_TYPES = ("authorization_code", "refresh_token", DEVICE_CODE_GRANT)  # all the client uses
 SLOW_DOWN_SECONDS = 5  # RFC 8628 §3.5: each slow_down adds five seconds to the interval
 
 # What to do about each RFC 6749 / 8628 / 8707 error code a user can meet.
@@ -61,12 +66,20 @@ def explain(failure: OAuthErrorResponse, doing: str) -> ClientError:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """One client at one authorization server: all a token request needs besides its grant."""
+    """One client at one authorization server: all a token request needs besides its grant.
+
+    `resource` is the RFC 8707 resource indicator every request carries; None (scripts and
+    tests only) asks for a token without an audience.
+    """
 
     http: httpx2.AsyncClient
     metadata: ServerMetadata
     client: OAuthClientInformationFull
-    resource: str
+    resource: str | None
+
+    @property
+    def resource_parameter(self) -> dict[str, str]:
+        return {"resource": self.resource} if self.resource else {}
 
     async def post(self, endpoint: str, data: dict[str, str]) -> httpx2.Response:
         """POST a form as this public client: it identifies itself by `client_id` alone
@@ -76,7 +89,7 @@ class Endpoints:
 
     async def token(self, grant: dict[str, str]) -> OAuthToken:
         response = await self.post(
-            str(self.metadata.token_endpoint), {**grant, "resource": self.resource}
+            str(self.metadata.token_endpoint), grant | self.resource_parameter
         )
         return parse(response, OAuthToken)
 
@@ -99,7 +112,7 @@ class Endpoints:
                 f"{self.metadata.issuer} does not offer the device authorization grant",
                 "sign in with the browser (drop --device)",
             )
-        data = {"resource": self.resource} | ({"scope": scope} if scope else {})
+        data = self.resource_parameter | ({"scope": scope} if scope else {})
         response = await self.post(str(self.metadata.device_authorization_endpoint), data)
         return parse(response, DeviceAuthorization)
 
@@ -158,8 +171,8 @@ def parse(response: httpx2.Response, model: type[Model]) -> Model:
 
 
 def error_of(response: httpx2.Response) -> OAuthErrorResponse:
-    try:
-        body = response.json()
-        return OAuthErrorResponse(body["error"], body.get("error_description"))
-    except (ValueError, KeyError, TypeError):
+    """The RFC 6749 §5.2 error in an answer, or its HTTP status when it carries none."""
+    error = oauth_error(response)
+    if error is None:
         return OAuthErrorResponse(f"HTTP {response.status_code}", response.reason_phrase)
+    return OAuthErrorResponse(*error)

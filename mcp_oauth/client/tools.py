@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import mcp_types
-from fastmcp.client.client import CallToolResult
 
 from mcp_oauth.client.errors import ClientError
+from mcp_oauth.client.sdk_internals import CallToolResult
 from mcp_oauth.client.session import McpSession
 
 # mcp_resource_server.py publishes what each tool needs in this public tool's answer.

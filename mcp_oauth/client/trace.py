@@ -1,9 +1,9 @@
 """`--trace`: every HTTP exchange of the flow, numbered like a sequence diagram, secrets redacted.
 
-The trace hangs off the HTTP clients as event hooks (httpx and httpx2 share the hook
-signature), so it shows what really went over the wire — discovery, registration, the login
-forms, the token endpoint, MCP calls — and not what the code meant to send. Tokens, codes,
-verifiers, passwords and secrets are replaced by a marker before anything is printed.
+The trace hangs off the client's httpx2 clients as event hooks, so it shows what really went
+over the wire — discovery, registration, the login forms, the token endpoint, MCP calls — and
+not what the code meant to send. Tokens, codes, verifiers, passwords and secrets are replaced
+by a marker before anything is printed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import httpx
 import httpx2
 from rich.console import Console
 from rich.markup import escape
@@ -121,10 +120,10 @@ class Trace:
         self.console.print(f"[dim]   · {escape(text)}[/dim]")
 
     def hooks(self) -> dict[str, list]:
-        """Event hooks for an httpx or httpx2 client."""
+        """Event hooks for an httpx2 client."""
         return {"request": [self.on_request], "response": [self.on_response]}
 
-    async def on_request(self, request: Any) -> None:
+    async def on_request(self, request: httpx2.Request) -> None:
         self.count += 1
         self.numbers[id(request)] = self.count
         line = f"{request.method} {redact_url(str(request.url))}"
@@ -151,7 +150,7 @@ class Trace:
         for server in servers:
             self.name(str(server), "provider")
 
-    async def on_response(self, response: Any) -> None:
+    async def on_response(self, response: httpx2.Response) -> None:
         number = self.numbers.pop(id(response.request), self.count)
         line = f"{response.status_code} {response.reason_phrase}"
         for header in ("WWW-Authenticate", "Location"):
@@ -172,8 +171,8 @@ class Trace:
         )
 
 
-def _request_body(request: Any) -> bytes:
+def _request_body(request: httpx2.Request) -> bytes:
     try:
         return request.content
-    except (httpx.RequestNotRead, httpx2.RequestNotRead):  # a streamed upload: nothing to show
+    except httpx2.RequestNotRead:  # a streamed upload: nothing to show
         return b""
