@@ -2,8 +2,8 @@
 """The authorization server: a small, real OAuth 2.0 provider for the MCP resource server.
 
 Read top to bottom: settings, the accounts and clients from users.yaml, durable storage,
-the Authlib server with its grants and endpoints (mcp_oauth/grants.py lists them), the
-pages a person sees, the routes, and main().
+the Authlib server and the grants and endpoints it supports, the routes (pages a person sees
+and the JSON endpoints), the metadata derived from both, and main().
 
     python oauth_provider.py                  # http://localhost:9000
     python oauth_provider.py hash-password    # print an argon2 hash for users.yaml
@@ -18,32 +18,50 @@ import logging
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import uvicorn
-from authlib.oauth2.rfc6749.errors import OAuth2Error
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mcp_oauth.provider.authorization_server import AuthorizationServer, ProviderConfig
+from mcp_oauth.provider.admin_api import AdminApi
+from mcp_oauth.provider.authorization_server import AuthorizationServer
+from mcp_oauth.provider.authorize_page import AuthorizePage
+from mcp_oauth.provider.device_page import DevicePage
+from mcp_oauth.provider.endpoints import (
+    ClientRegistration,
+    DeviceAuthorization,
+    Introspection,
+    Revocation,
+)
+from mcp_oauth.provider.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    DeviceCodeGrant,
+    RefreshTokenGrant,
+    ResourceIndicator,
+    S256CodeChallenge,
+    TokenExchangeGrant,
+)
+from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
-from mcp_oauth.provider.pages import Pages, message_page
+from mcp_oauth.provider.metadata import server_metadata, well_known_paths
+from mcp_oauth.provider.pages import message_page
 from mcp_oauth.provider.passwords import hash_password
-from mcp_oauth.provider.storage import Store, new_secret
-from mcp_oauth.provider.token_minter import TokenIssuer, TokenLifetimes
-from mcp_oauth.provider.users_file import Resource, UsersFileError, load_users_file
+from mcp_oauth.provider.sign_in import SignIn
+from mcp_oauth.provider.storage.store import Store
+from mcp_oauth.provider.token_minter import TokenLifetimes, TokenMinter
+from mcp_oauth.provider.userinfo import Userinfo
+from mcp_oauth.provider.users_file import Resource, UsersFile, UsersFileError, load_users_file
 
 log = logging.getLogger("oauth_provider")
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "mcp_oauth" / "provider" / "static"
-SCOPES = ["read", "write", "admin"]
 
 
 # -- settings: flags, with environment variables as their defaults ---------------------------
@@ -123,24 +141,25 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
     return settings
 
 
-# -- the application ----------------------------------------------------------------------
+# -- users.yaml and storage ----------------------------------------------------------------
 
 
-def new_signing_key() -> str:
-    return json.dumps(RSAKey.generate_key(2048, auto_kid=True).as_dict(private=True))
-
-
-def build_app(settings: argparse.Namespace) -> Starlette:
+def load_users(settings: argparse.Namespace) -> UsersFile:
+    """Accounts, clients and resources; the provider's own /userinfo is a resource too: the
+    downstream API the resource server calls on behalf of a user (RFC 8693 token exchange)."""
     users = load_users_file(settings.users, settings.resource)
-    # The provider's own userinfo endpoint is a resource too: the downstream API that the
-    # resource server calls on behalf of a user (RFC 8693 token exchange).
     userinfo_url = f"{settings.issuer}/userinfo"
     users.resources[userinfo_url] = Resource(
         userinfo_url, "Profile API (userinfo)", frozenset({"read"})
     )
+    return users
+
+
+def open_store(settings: argparse.Namespace, users: UsersFile) -> Store:
+    """The database, with the pre-registered clients of users.yaml synced into it."""
     store = Store(settings.database_url)
     for client in users.clients:
-        store.save_client(
+        store.clients.save(
             client.client_id,
             client.client_secret,
             {
@@ -155,127 +174,115 @@ def build_app(settings: argparse.Namespace) -> Starlette:
             may_exchange_tokens=client.may_exchange_tokens,
             preregistered=True,
         )
-    # Keys live in the database so that restarts and replicas agree on them.
+    return store
+
+
+def new_signing_key() -> str:
+    return json.dumps(RSAKey.generate_key(2048, auto_kid=True).as_dict(private=True))
+
+
+def token_minter(settings: argparse.Namespace, store: Store) -> TokenMinter:
+    # The signing key lives in the database so that restarts and replicas agree on it.
     signing_key = RSAKey.import_key(
         json.loads(store.server_secret("jwt_signing_key", new_signing_key))
     )
-    session_secret = store.server_secret("session_secret", new_secret)
-    issuer = TokenIssuer(
+    return TokenMinter(
         settings.issuer,
         TokenLifetimes(access=settings.access_token_ttl, refresh=settings.refresh_token_ttl),
         settings.access_token_format,
         signing_key,
     )
-    server = AuthorizationServer(
-        ProviderConfig(settings.issuer, users.accounts, users.resources, SCOPES), store, issuer
+
+
+# -- the Authlib server: everything it supports, in one place ---------------------------------
+
+
+def authorization_server(
+    settings: argparse.Namespace, users: UsersFile, store: Store, minter: TokenMinter
+) -> AuthorizationServer:
+    """No implicit flow and no password grant exist here (RFC 9700 §2.1.2, §2.4)."""
+    server = AuthorizationServer(settings.issuer, users, store, minter)
+    server.register_grant(
+        AuthorizationCodeGrant, [S256CodeChallenge(required=True), ResourceIndicator()]
     )
-    pages = Pages(server)
+    server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
+    server.register_grant(DeviceCodeGrant)
+    server.register_grant(TokenExchangeGrant)
+    server.register_endpoint(Introspection)
+    server.register_endpoint(Revocation)
+    server.register_endpoint(ClientRegistration)
+    server.register_endpoint(DeviceAuthorization)
+    return server
+
+
+# -- routes: a route named like an RFC 8414 metadata key gives that key's URL -----------------
+
+
+def routes(server: AuthorizationServer) -> list[BaseRoute]:
+    sign_in = SignIn(server.accounts, server.store.login_throttle)
+    admin = AdminApi(server)
+    userinfo = Userinfo(f"{server.issuer_url}/userinfo", server.store.tokens, server.accounts)
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(server.metadata)
 
     async def jwks(request: Request) -> Response:
-        return JSONResponse(issuer.public_jwks())
+        return JSONResponse(server.minter.public_jwks())
 
-    async def userinfo(request: Request) -> Response:
-        """A downstream API: it accepts only access tokens whose audience is itself, so a
-        token meant for the MCP server is refused here and must be exchanged first."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        record = None
-        if scheme.lower() == "bearer" and token.strip():
-            record = await run_in_threadpool(store.find_token, token.strip(), "access")
-        if record is None or record.is_revoked() or record.is_expired():
-            problem = "the token is not active"
-        elif record.resource != userinfo_url:
-            problem = f"the token's audience is not {userinfo_url}"
-        else:
-            problem = None
-        if problem:
-            challenge = f'Bearer error="invalid_token", error_description="{problem}"'
-            return JSONResponse(
-                {"error": "invalid_token", "error_description": problem},
-                401,
-                {"WWW-Authenticate": challenge},
-            )
-        account = users.accounts.get(record.username or "")
-        body = {
-            "sub": record.username or record.client_id,
-            "scope": record.scope,
-            "client_id": record.client_id,
-        }
-        if account:
-            body.update(
-                username=account.username, name=account.name, allowed_scopes=sorted(account.scopes)
-            )
-        if record.actor:
-            body["act"] = {"sub": record.actor}
-        return JSONResponse(body)
-
-    async def admin_grants(request: Request) -> Response:
-        """Who holds live grants: for resource-server clients (an admin tool), authenticated."""
-        try:
-            oauth_request = await server.oauth2_request(request)
-            await run_in_threadpool(server.authenticate_resource_server, oauth_request)
-        except OAuth2Error as error:
-            return server.error_response(error)
-        return JSONResponse({"grants": await run_in_threadpool(store.active_grants)})
-
-    async def admin_revoke_user(request: Request) -> Response:
-        """Revoke every grant of one user: for resource servers, client-authenticated."""
-        try:
-            oauth_request = await server.oauth2_request(request)
-            await run_in_threadpool(server.authenticate_resource_server, oauth_request)
-        except OAuth2Error as error:
-            return server.error_response(error)
-        username = oauth_request.payload.data.get("username", "")
-        if username not in users.accounts:
-            return JSONResponse(
-                {"error": "invalid_request", "error_description": "unknown username"}, 400
-            )
-        revoked = await run_in_threadpool(store.revoke_user, username)
-        log.info("admin API: revoked %d tokens of %s", revoked, username)
-        return JSONResponse({"username": username, "revoked": revoked})
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        if "text/html" in request.headers.get("accept", ""):
-            return message_page(request, 404, "Not found", "There is no page here.")
-        return JSONResponse({"error": "not_found"}, 404)
-
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return JSONResponse(
-            {"error": "invalid_request", "error_description": "method not allowed"}, 405
-        )
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "server_error"}, 500)
-
-    issuer_path = urlsplit(settings.issuer).path
-    well_known = ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"]
-    if issuer_path:  # RFC 8414 §3.1: the issuer's path goes after the well-known segment
-        well_known += [
-            f"/.well-known/oauth-authorization-server{issuer_path}",
-            f"{issuer_path}/.well-known/openid-configuration",
-        ]
-    routes = [
-        *(Route(path, metadata) for path in well_known),
-        Route("/jwks.json", jwks),
-        Route("/userinfo", userinfo, methods=["GET", "POST"]),
-        Route("/authorize", pages.authorize, methods=["GET", "POST"]),
-        Route("/login", pages.login, methods=["POST"]),
-        Route("/logout", pages.logout, methods=["POST"]),
-        Route("/device", pages.device, methods=["GET", "POST"]),
+    return [
+        *(Route(path, metadata) for path in well_known_paths(server.issuer_url)),
+        Route("/jwks.json", jwks, name="jwks_uri"),
+        Route("/userinfo", userinfo.serve, methods=["GET", "POST"], name="userinfo_endpoint"),
+        Route(
+            "/authorize",
+            AuthorizePage(server).serve,
+            methods=["GET", "POST"],
+            name="authorization_endpoint",
+        ),
+        Route("/login", sign_in.login, methods=["POST"]),
+        Route("/logout", sign_in.logout, methods=["POST"]),
+        Route("/device", DevicePage(server).serve, methods=["GET", "POST"]),
         Route("/token", server.token_endpoint, methods=["POST"]),
         Route("/introspect", server.introspection_endpoint, methods=["POST"]),
         Route("/revoke", server.revocation_endpoint, methods=["POST"]),
         Route("/register", server.registration_endpoint, methods=["POST"]),
         Route("/device_authorization", server.device_authorization_endpoint, methods=["POST"]),
-        Route("/admin/grants", admin_grants, methods=["GET"]),
-        Route("/admin/revoke-user", admin_revoke_user, methods=["POST"]),
+        Route("/admin/grants", admin.live_grants, methods=["GET"]),
+        Route("/admin/revoke-user", admin.revoke_user, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+
+
+# -- the application ----------------------------------------------------------------------
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    if "text/html" in request.headers.get("accept", ""):
+        return message_page(request, 404, "Not found", "There is no page here.")
+    return JSONResponse({"error": "not_found"}, 404)
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        {"error": "invalid_request", "error_description": "method not allowed"}, 405
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": "server_error"}, 500)
+
+
+def build_app(settings: argparse.Namespace) -> Starlette:
+    users = load_users(settings)
+    store = open_store(settings, users)
+    server = authorization_server(settings, users, store, token_minter(settings, store))
+    app_routes = routes(server)
+    server.metadata = server_metadata(server, app_routes)
+    session_secret = store.server_secret("session_secret", new_secret)
     return Starlette(
-        routes=routes,
+        routes=app_routes,
         middleware=[
             Middleware(HardeningMiddleware),
             Middleware(

@@ -18,7 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mcp_oauth.provider.storage import GrantSpec, IssuedToken, Store, new_secret, tokens
+from mcp_oauth.provider.hashed_secrets import new_secret
+from mcp_oauth.provider.records import IssuedToken, TokenFamily
+from mcp_oauth.provider.storage.schema import tokens
+from mcp_oauth.provider.storage.store import Store
 from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, code_for
 from tests.test_security import (
     RS_AUTH,
@@ -179,24 +182,24 @@ def test_revocation_racing_a_refresh_leaves_no_live_token(provider, alice, clien
 def test_storage_revocation_racing_a_rotation_leaves_nothing_live(provider):
     """The same race at the storage layer, where the interleaving that matters (the rotation's
     transaction open while the revocation's UPDATE runs) happens every few tries rather than
-    rarely: rotate_refresh_token locks the grant row first, so the revocation waits for it and
+    rarely: rotate_refresh_token locks the family row first, so the revocation waits for it and
     then sees the new tokens. Without that lock, PostgreSQL's revocation misses them."""
     store = Store(provider.database_url)
     try:
         live_after: list[int] = []
         for _ in range(40):
             stamp = int(time.time())
-            spec = GrantSpec(CLIENT_ID, "alice", "read", None)
+            family = TokenFamily(CLIENT_ID, "alice", "read", None)
             old_refresh = new_secret()
-            store.save_grant(
-                spec,
+            store.tokens.save_family(
+                family,
                 [
                     IssuedToken(new_secret(), "access", stamp + 3600, "read"),
                     IssuedToken(old_refresh, "refresh", stamp + 86400, "read"),
                 ],
             )
-            old = store.find_token(old_refresh, "refresh")
-            successor = GrantSpec(CLIENT_ID, "alice", "read", None, grant_id=spec.grant_id)
+            old = store.tokens.find(old_refresh, "refresh")
+            successor = TokenFamily(CLIENT_ID, "alice", "read", None, family_id=family.family_id)
             new = [
                 IssuedToken(new_secret(), "access", stamp + 3600, "read"),
                 IssuedToken(new_secret(), "refresh", stamp + 86400, "read"),
@@ -205,11 +208,11 @@ def test_storage_revocation_racing_a_rotation_leaves_nothing_live(provider):
 
             def rotate(old=old, successor=successor, new=new, barrier=barrier):
                 barrier.wait()
-                store.rotate_refresh_token(old, successor, new)
+                store.tokens.rotate_refresh_token(old, successor, new)
 
-            def revoke(grant_id=spec.grant_id, barrier=barrier):
+            def revoke(family_id=family.family_id, barrier=barrier):
                 barrier.wait()
-                store.revoke_grant(grant_id)
+                store.tokens.revoke_family(family_id)
 
             threads = [threading.Thread(target=rotate), threading.Thread(target=revoke)]
             for thread in threads:
@@ -219,7 +222,7 @@ def test_storage_revocation_racing_a_rotation_leaves_nothing_live(provider):
             with store.engine.connect() as conn:
                 live = conn.execute(
                     select(tokens.c.token_hash).where(
-                        tokens.c.grant_id == spec.grant_id,
+                        tokens.c.grant_id == family.family_id,
                         tokens.c.revoked_at.is_(None),
                         tokens.c.used_at.is_(None),
                     )
@@ -290,7 +293,7 @@ def test_simultaneous_first_login_failures_of_one_key_are_all_counted(request, p
             def fail(key=key, barrier=barrier):
                 barrier.wait()
                 try:
-                    store.record_login_failure([key])
+                    store.login_throttle.record_failure([key])
                 except Exception as exc:  # the bug under test
                     errors.append(type(exc).__name__)
 
@@ -299,7 +302,7 @@ def test_simultaneous_first_login_failures_of_one_key_are_all_counted(request, p
                 thread.start()
             for thread in threads:
                 thread.join(30)
-            counts.append(store.login_failures([key])[0][0])
+            counts.append(store.login_throttle.failures([key])[0][0])
         assert errors == [] and counts == [4] * 15, (errors, counts)
     finally:
         store.engine.dispose()

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from mcp_oauth.provider.storage import Store, login_failures
+from mcp_oauth.provider.storage.schema import login_failures
+from mcp_oauth.provider.storage.store import Store
 from tests.conftest import Provider, start_provider
 from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, Browser, auth_params, redirect_query
 from tests.test_security import (
@@ -238,7 +239,7 @@ def test_replicas_syncing_the_same_client_at_once_all_succeed(replicas):
         errors = []
         for _ in range(15):
             client_id = f"synced-{uuid.uuid4().hex[:8]}"
-            errors += _at_once(3, lambda cid=client_id: store.save_client(cid, None, {}))
+            errors += _at_once(3, lambda cid=client_id: store.clients.save(cid, None, {}))
     finally:
         store.engine.dispose()
     assert errors == []

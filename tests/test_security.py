@@ -31,7 +31,8 @@ import pytest
 import sqlalchemy
 from sqlalchemy import delete, select, update
 
-from mcp_oauth.provider.storage import authorization_codes, login_failures, secret_hash, tokens
+from mcp_oauth.provider.hashed_secrets import secret_hash
+from mcp_oauth.provider.storage.schema import authorization_codes, login_failures, tokens
 from tests.conftest import POSTGRES_ADMIN_URL, RS_SECRET, Provider, start_provider
 from tests.oauth_helpers import (
     CLIENT_ID,

@@ -1,195 +1,73 @@
 """Authlib's framework-agnostic AuthorizationServer, bound to Starlette.
 
 Authlib ships server integrations only for Flask and Django. Here the awaited request
-(query string and form body) becomes an Authlib OAuth2Request, Authlib's synchronous
-grant and endpoint code runs in a worker thread (it talks to the database), and its
-(status, body, headers) answer becomes a Starlette response.
+(query string and form body) becomes an Authlib OAuth2Request (oauth_request.py), Authlib's
+synchronous grant and endpoint code runs in a worker thread (it talks to the database), and
+its (status, body, headers) answer becomes a Starlette response. Which grants and endpoints
+it serves is decided in oauth_provider.py, with register_grant and register_endpoint.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import logging
-import re
-from collections import defaultdict
-from dataclasses import dataclass
-from urllib.parse import unquote
-
 from authlib.consts import default_json_headers
 from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer
-from authlib.oauth2.rfc6749 import JsonPayload, JsonRequest, OAuth2Payload, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, OAuth2Error
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mcp_oauth.common.text import printable
-from mcp_oauth.provider.grants import register_grants_and_endpoints
-from mcp_oauth.provider.records import ClientRecord
-from mcp_oauth.provider.storage import Store
-from mcp_oauth.provider.token_minter import TokenIssuer
-from mcp_oauth.provider.users_file import Account, Resource
-
-log = logging.getLogger("oauth_provider")
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
-GRANT_TYPES = [
-    "authorization_code",
-    "refresh_token",
-    "client_credentials",
-    "urn:ietf:params:oauth:grant-type:device_code",
-    "urn:ietf:params:oauth:grant-type:token-exchange",
-]
+from mcp_oauth.provider.checks import check_basic_credentials
+from mcp_oauth.provider.oauth_request import (
+    StarletteOAuth2Request,
+    read_json_request,
+    read_parameters,
+)
+from mcp_oauth.provider.records import CONFIDENTIAL_AUTH, ClientRecord
+from mcp_oauth.provider.storage.store import Store
+from mcp_oauth.provider.token_minter import TokenMinter
+from mcp_oauth.provider.users_file import UsersFile
 
 
-class FormPayload(OAuth2Payload):
-    """Parameters of one request: the query string for GET, the form body for POST."""
-
-    def __init__(self, items: list[tuple[str, str]]):
-        self.items = items
-        self._datalist: defaultdict[str, list] = defaultdict(list)
-        for key, value in items:
-            self._datalist[key].append(value)
-        self._data = {key: values[0] for key, values in self._datalist.items()}
-
-    @property
-    def data(self) -> dict:
-        return self._data
-
-    @property
-    def datalist(self) -> defaultdict[str, list]:
-        return self._datalist
-
-
-class StarletteOAuth2Request(OAuth2Request):
-    def __init__(self, method: str, uri: str, headers, items: list[tuple[str, str]]):
-        super().__init__(method=method, uri=uri, headers=headers)
-        self.payload = FormPayload(items)
-        self.resource: str | None = None
-
-    @property
-    def args(self) -> dict:
-        return self.payload.data if self.method == "GET" else {}
-
-    @property
-    def form(self) -> dict:
-        return self.payload.data if self.method == "POST" else {}
-
-
-class _Json(JsonPayload):
-    def __init__(self, data: dict):
-        self._data = data
-
-    @property
-    def data(self) -> dict:
-        return self._data
-
-
-async def read_parameters(request: Request) -> list[tuple[str, str]]:
-    """The OAuth parameters of a request, rejecting what RFC 6749 §3.1/§3.2 does not allow:
-    a body that is not a form, values that are files, and any parameter sent twice."""
-    if request.method == "GET":
-        items = list(request.query_params.multi_items())
-    else:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/x-www-form-urlencoded":
-            raise InvalidRequestError("the body must be application/x-www-form-urlencoded")
-        try:
-            form: FormData = await request.form()
-        except Exception as exc:  # malformed body: the parser's message is not for users
-            raise InvalidRequestError("the form body could not be parsed") from exc
-        items = list(form.multi_items())
-    seen: set[str] = set()
-    for key, value in items:
-        if not isinstance(value, str):
-            raise InvalidRequestError(f"parameter {printable(key)} must be a string")
-        if CONTROL_CHARACTERS.search(key) or CONTROL_CHARACTERS.search(value):
-            raise InvalidRequestError(f"parameter {printable(key)} contains control characters")
-        if key in seen and key != "resource":
-            raise InvalidRequestError(f"parameter {printable(key)} was sent more than once")
-        seen.add(key)
-    return items
-
-
-def check_basic_credentials(headers) -> None:
-    """Authlib assumes Basic credentials decode to UTF-8 text; refuse the ones that do not
-    (RFC 6749 §2.3.1) with invalid_client instead of letting them crash the request."""
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        decoded = None
-    if decoded is None or ":" not in decoded or CONTROL_CHARACTERS.search(unquote(decoded)):
-        raise InvalidClientError(status_code=401, description="malformed Basic credentials")
-
-
-@dataclass
-class ProviderConfig:
-    issuer: str
-    accounts: dict[str, Account]
-    resources: dict[str, Resource]
-    scopes_supported: list[str]
+def authlib_refused_error_text(exc: ValueError) -> bool:
+    """Whether this ValueError is Authlib's OAuth2Error refusing a description that holds
+    characters RFC 6749 §5.2 forbids (it echoes request values, e.g. an unknown grant_type
+    with a quote). Only that case is a bad request; any other ValueError is a bug (a 500).
+    The test suite checks that Authlib still refuses this way (test_provider_errors.py)."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code is OAuth2Error.__init__.__code__
 
 
 class AuthorizationServer(AuthlibAuthorizationServer):
+    """The Authlib server with the hooks it asks of a framework, plus what oauth_provider.py
+    registers kept readable (`grants`, `endpoints`) so the metadata can be derived from it."""
+
     json_headers = default_json_headers
 
-    def __init__(self, config: ProviderConfig, store: Store, issuer: TokenIssuer):
-        super().__init__(scopes_supported=config.scopes_supported)
-        self.issuer_url = config.issuer
-        self.accounts = config.accounts
-        self.resources = config.resources
+    def __init__(self, issuer_url: str, users: UsersFile, store: Store, minter: TokenMinter):
+        super().__init__(scopes_supported=users.scopes)
+        self.issuer_url = issuer_url
+        self.accounts = users.accounts
+        self.resources = users.resources
         self.store = store
-        self.issuer = issuer
-        self.metadata = self._metadata()
-        register_grants_and_endpoints(self)
+        self.minter = minter
+        self.grants: list[tuple[type, list]] = []
+        self.endpoints: list[type] = []
+        self.metadata: dict = {}  # set by oauth_provider.py once the routes are known
 
-    def _metadata(self) -> dict:
-        """RFC 8414 authorization server metadata; also served as OpenID discovery."""
-        base = self.issuer_url
-        return {
-            "issuer": base,
-            "authorization_endpoint": f"{base}/authorize",
-            "token_endpoint": f"{base}/token",
-            "introspection_endpoint": f"{base}/introspect",
-            "revocation_endpoint": f"{base}/revoke",
-            "registration_endpoint": f"{base}/register",
-            "device_authorization_endpoint": f"{base}/device_authorization",
-            "jwks_uri": f"{base}/jwks.json",
-            "userinfo_endpoint": f"{base}/userinfo",
-            "scopes_supported": self.scopes_supported,
-            "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
-            "grant_types_supported": GRANT_TYPES,
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_basic",
-                "client_secret_post",
-                "none",
-            ],
-            "introspection_endpoint_auth_methods_supported": [
-                "client_secret_basic",
-                "client_secret_post",
-            ],
-            "revocation_endpoint_auth_methods_supported": [
-                "client_secret_basic",
-                "client_secret_post",
-                "none",
-            ],
-            "code_challenge_methods_supported": ["S256"],
-            "authorization_response_iss_parameter_supported": True,
-            "resource_indicators_supported": True,
-            "access_token_format": self.issuer.access_token_format,
-        }
+    def register_grant(self, grant_cls, extensions=None) -> None:
+        super().register_grant(grant_cls, extensions)
+        self.grants.append((grant_cls, list(extensions or [])))
+
+    def register_endpoint(self, endpoint) -> None:
+        super().register_endpoint(endpoint)
+        self.endpoints.append(endpoint if isinstance(endpoint, type) else type(endpoint))
 
     # -- the hooks Authlib asks a framework integration for -------------------------------
 
     def query_client(self, client_id: str) -> ClientRecord | None:
-        return self.store.get_client(client_id)
+        return self.store.clients.get(client_id)
 
     def save_token(self, token, request):  # every grant here stores its own tokens
         raise NotImplementedError
@@ -225,17 +103,6 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     ) -> StarletteOAuth2Request:
         return StarletteOAuth2Request(method, f"{self.issuer_url}{path}", request.headers, items)
 
-    async def json_request(self, request: Request) -> JsonRequest:
-        try:
-            data = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidRequestError("the body must be a JSON object") from exc
-        if not isinstance(data, dict):
-            raise InvalidRequestError("the body must be a JSON object")
-        json_request = JsonRequest(request.method, str(request.url), dict(request.headers))
-        json_request.payload = _Json(data)
-        return json_request
-
     # -- endpoints served as JSON ----------------------------------------------------------
 
     async def token_endpoint(self, request: Request) -> Response:
@@ -252,14 +119,15 @@ class AuthorizationServer(AuthlibAuthorizationServer):
 
     async def registration_endpoint(self, request: Request) -> Response:
         try:
-            json_request = await self.json_request(request)
-        except OAuth2Error as error:
-            return self.error_response(error)
-        try:
+            json_request = await read_json_request(request)
             return await run_in_threadpool(
                 self.create_endpoint_response, "client_registration", json_request
             )
-        except ValueError:  # Authlib refuses to echo characters RFC 6749 forbids in errors
+        except OAuth2Error as error:
+            return self.error_response(error)
+        except ValueError as exc:
+            if not authlib_refused_error_text(exc):
+                raise
             return self.error_response(
                 InvalidRequestError("a metadata value contains characters that are not allowed")
             )
@@ -270,16 +138,16 @@ class AuthorizationServer(AuthlibAuthorizationServer):
             return await run_in_threadpool(handler, *args, oauth_request)
         except OAuth2Error as error:
             return self.error_response(error)
-        except ValueError:  # Authlib refuses to echo characters RFC 6749 forbids in errors
+        except ValueError as exc:
+            if not authlib_refused_error_text(exc):
+                raise
             return self.error_response(
                 InvalidRequestError("a parameter contains characters that are not allowed")
             )
 
     def authenticate_resource_server(self, oauth_request: StarletteOAuth2Request) -> ClientRecord:
         """Client authentication for the admin API: only resource-server clients pass."""
-        client = self.authenticate_client(
-            oauth_request, ["client_secret_basic", "client_secret_post"], "admin"
-        )
+        client = self.authenticate_client(oauth_request, CONFIDENTIAL_AUTH, "admin")
         if not client.resource_server:
             raise InvalidClientError(
                 status_code=403, description="only resource-server clients may use this API"

@@ -1,52 +1,26 @@
-"""The rows Authlib works with: clients, authorization codes, tokens and device codes.
+"""The rows Authlib works with (clients, authorization codes, tokens, device codes), and
+what a new token family is issued for.
 
-Each implements the small Authlib mixin interface its grant or endpoint calls, and nothing
-more; storage.py reads and writes them.
+Each row implements the small Authlib mixin interface its grant or endpoint calls, and
+nothing more; the stores in storage/ read and write them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
+import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
 from authlib.oauth2.rfc8628 import DeviceCredentialMixin
 
 from mcp_oauth.common.scopes import scope_set, scope_str
+from mcp_oauth.provider.client_checks import redirect_uri_matches
+from mcp_oauth.provider.hashed_secrets import secret_matches
 
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
-
-
-def is_loopback_redirect(uri: str) -> bool:
-    parts = urlsplit(uri)
-    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
-
-
-def redirect_uri_matches(registered: str, requested: str) -> bool:
-    """Exact string match (RFC 9700 §4.1.3), except that a registered loopback redirect URI
-    without a port matches the same URI with any port (RFC 8252 §7.3). Everything but the
-    port is still compared as an exact string, so userinfo, case, path or query tricks fail."""
-    if requested == registered:
-        return True
-    if not is_loopback_redirect(registered):
-        return False
-    try:
-        want, got = urlsplit(registered), urlsplit(requested)
-        port = got.port
-    except ValueError:
-        return False
-    if port is None or got.fragment:
-        return False
-    netloc_without_port = got.netloc[: got.netloc.rfind(":")]
-    return (
-        got.scheme == want.scheme
-        and netloc_without_port == want.netloc
-        and got.path == want.path
-        and got.query == want.query
-    )
+# Client authentication (RFC 6749 §2.3): a confidential client sends its secret either way.
+CONFIDENTIAL_AUTH = ["client_secret_basic", "client_secret_post"]
+ANY_CLIENT_AUTH = [*CONFIDENTIAL_AUTH, "none"]
 
 
 @dataclass
@@ -85,16 +59,13 @@ class ClientRecord(ClientMixin):
         )
 
     def check_client_secret(self, client_secret: str) -> bool:
-        if not self.secret_hash:
-            return False
-        presented = hashlib.sha256(client_secret.encode()).hexdigest()
-        return hmac.compare_digest(presented, self.secret_hash)
+        return secret_matches(client_secret, self.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         """A public client uses "none"; a confidential one may send its secret either way."""
         if self.auth_method == "none":
             return method == "none"
-        return method in ("client_secret_basic", "client_secret_post")
+        return method in CONFIDENTIAL_AUTH
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code" and "authorization_code" in self.grant_types
@@ -137,7 +108,7 @@ class CodeRecord(AuthorizationCodeMixin):
 class TokenRecord(TokenMixin):
     token_hash: str
     kind: str
-    grant_id: str
+    family_id: str
     client_id: str
     username: str | None
     scope: str
@@ -180,7 +151,7 @@ class DeviceRecord(DeviceCredentialMixin):
     expires_at: int
     interval: int
     username: str | None
-    granted_scope: str | None
+    approved_scope: str | None
     decision: str | None
     used_at: int | None
 
@@ -188,10 +159,33 @@ class DeviceRecord(DeviceCredentialMixin):
         return self.client_id
 
     def get_scope(self) -> str:
-        return self.granted_scope or self.scope
+        return self.approved_scope or self.scope
 
     def get_user_code(self) -> str:
         return self.user_code
 
     def is_expired(self) -> bool:
         return self.expires_at <= time.time()
+
+
+@dataclass
+class TokenFamily:
+    """What a new token family is issued for: one code, one device approval, one
+    client_credentials request or one token exchange. Refreshing keeps the family."""
+
+    client_id: str
+    username: str | None
+    scope: str
+    resource: str | None
+    actor: str | None = None
+    family_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class IssuedToken:
+    """A token just generated, before it is stored (the plain value never is)."""
+
+    value: str
+    kind: str
+    expires_at: int
+    scope: str

@@ -1,4 +1,5 @@
-"""Minting access and refresh tokens: opaque by default, RFC 9068 JWT access tokens when asked.
+"""Minting access and refresh tokens: opaque by default, RFC 9068 JWT access tokens when asked,
+and the claims a token carries, the same whether read from a JWT or from introspection.
 
 Opaque tokens are 256-bit random strings; only their hash is stored. A JWT access token is
 signed with the provider's RS256 key (joserfc) and is *also* stored by hash, so introspection
@@ -10,11 +11,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from mcp_oauth.provider.storage import GrantSpec, IssuedToken, new_secret
+from mcp_oauth.provider.hashed_secrets import new_secret
+from mcp_oauth.provider.records import IssuedToken, TokenFamily
 
 
 @dataclass(frozen=True)
@@ -23,28 +26,61 @@ class TokenLifetimes:
     refresh: int = 30 * 24 * 3600
 
 
-class TokenIssuer:
+class TokenSubject(Protocol):
+    """Who and what a token is for: a TokenFamily about to be minted, or a stored TokenRecord."""
+
+    client_id: str
+    username: str | None
+    scope: str
+    resource: str | None
+    actor: str | None
+
+
+def token_claims(issuer_url: str, token: TokenSubject, issued_at: int, expires_at: int) -> dict:
+    """The claims of an access token: RFC 9068 §2.2 in a JWT, RFC 7662 §2.2 in introspection.
+    `sub` is the user, or the client itself for client_credentials; `act` (RFC 8693 §4.1)
+    names the client that exchanged the token."""
+    claims = {
+        "iss": issuer_url,
+        "sub": token.username or token.client_id,
+        "client_id": token.client_id,
+        "iat": issued_at,
+        "exp": expires_at,
+        "scope": token.scope,
+    }
+    if token.username:
+        claims["username"] = token.username
+    if token.resource:
+        claims["aud"] = token.resource
+    if token.actor:
+        claims["act"] = {"sub": token.actor}
+    return claims
+
+
+class TokenMinter:
+    """Makes the tokens of one family and the token endpoint's answer (RFC 6749 §5.1)."""
+
     def __init__(
         self,
-        issuer: str,
+        issuer_url: str,
         lifetimes: TokenLifetimes,
         access_token_format: str,
         signing_key: RSAKey,
     ):
-        self.issuer = issuer
+        self.issuer_url = issuer_url
         self.lifetimes = lifetimes
         self.access_token_format = access_token_format
         self.signing_key = signing_key
 
-    def issue(
-        self, grant: GrantSpec, *, with_refresh: bool, refresh_scope: str | None = None
+    def mint(
+        self, family: TokenFamily, *, with_refresh: bool, refresh_scope: str | None = None
     ) -> tuple[dict, list[IssuedToken]]:
-        """The token endpoint's JSON answer and the tokens to store, for one grant."""
-        scope = grant.scope
+        """The token endpoint's JSON answer and the tokens to store, for one family."""
+        scope = family.scope
         issued_at = int(time.time())
         access_expires = issued_at + self.lifetimes.access
         if self.access_token_format == "jwt":
-            access = self._jwt_access_token(grant, issued_at, access_expires)
+            access = self._jwt_access_token(family, issued_at, access_expires)
         else:
             access = new_secret()
         issued = [IssuedToken(access, "access", access_expires, scope)]
@@ -63,22 +99,9 @@ class TokenIssuer:
             response["refresh_token"] = refresh
         return response, issued
 
-    def _jwt_access_token(self, grant: GrantSpec, issued_at: int, expires_at: int) -> str:
-        claims = {
-            "iss": self.issuer,
-            "sub": grant.username or grant.client_id,
-            "client_id": grant.client_id,
-            "iat": issued_at,
-            "exp": expires_at,
-            "jti": str(uuid.uuid4()),
-            "scope": grant.scope,
-        }
-        if grant.resource:
-            claims["aud"] = grant.resource
-        if grant.username:
-            claims["username"] = grant.username
-        if grant.actor:
-            claims["act"] = {"sub": grant.actor}
+    def _jwt_access_token(self, family: TokenFamily, issued_at: int, expires_at: int) -> str:
+        claims = token_claims(self.issuer_url, family, issued_at, expires_at)
+        claims["jti"] = str(uuid.uuid4())
         header = {"alg": "RS256", "typ": "at+jwt", "kid": self.signing_key.kid}
         return jwt.encode(header, claims, self.signing_key)
 

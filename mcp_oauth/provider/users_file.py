@@ -11,6 +11,7 @@ from pathlib import Path
 from mcp_oauth.common.users_yaml import UsersFileError, account_scopes, read_users_yaml
 
 log = logging.getLogger("oauth_provider")
+DEFAULT_SCOPES = ("read", "write", "admin")  # when users.yaml describes no resources
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,17 @@ class UsersFile:
     accounts: dict[str, Account]
     clients: list[ClientConfig]
     resources: dict[str, Resource] = field(default_factory=dict)
+    scopes: list[str] = field(default_factory=lambda: list(DEFAULT_SCOPES))
+    """The scope catalogue (scopes_supported): every scope a resource accepts, in file order."""
+
+
+def receivable_scopes(requested: set[str], account: Account, resource: Resource | None) -> set[str]:
+    """What a user actually receives: requested ∩ what users.yaml allows the account ∩ what
+    the resource accepts. Never more than any of the three."""
+    allowed = requested & account.scopes
+    if resource is not None:
+        allowed &= resource.scopes
+    return allowed
 
 
 def _secret_for(entry: dict, path: Path) -> str | None:
@@ -69,6 +81,12 @@ def _secret_for(entry: dict, path: Path) -> str | None:
         env_name,
     )
     return default
+
+
+def scope_catalogue(resources: list[dict]) -> list[str]:
+    """Every scope the resources in users.yaml accept, in the order the file lists them."""
+    listed = (scope for entry in resources for scope in entry.get("scopes", []))
+    return list(dict.fromkeys(listed)) or list(DEFAULT_SCOPES)
 
 
 def load_users_file(path: Path, extra_resources: list[str] = ()) -> UsersFile:
@@ -106,17 +124,15 @@ def load_users_file(path: Path, extra_resources: list[str] = ()) -> UsersFile:
             )
             for entry in raw.get("resources", [])
         }
+        catalogue = scope_catalogue(raw.get("resources", []))
     except (KeyError, TypeError, AttributeError) as exc:
         raise UsersFileError(f"users file {path} is malformed near {exc!s}") from exc
-    all_scopes = frozenset().union(*(r.scopes for r in resources.values())) or frozenset(
-        {"read", "write", "admin"}
-    )
     for uri in extra_resources:
-        resources.setdefault(uri, Resource(uri=uri, name=uri, scopes=all_scopes))
+        resources.setdefault(uri, Resource(uri=uri, name=uri, scopes=frozenset(catalogue)))
     for account in accounts.values():
         if not account.password_hash.startswith("$argon2"):
             raise UsersFileError(
                 f"{path}: user {account.username} has no argon2 password_hash; "
                 "make one with: python oauth_provider.py hash-password"
             )
-    return UsersFile(accounts=accounts, clients=clients, resources=resources)
+    return UsersFile(accounts=accounts, clients=clients, resources=resources, scopes=catalogue)

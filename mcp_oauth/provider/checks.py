@@ -1,0 +1,149 @@
+"""Protocol checks on a request's parameters, one small function per rule.
+
+Each check raises the OAuth error its RFC names, with a description that says exactly what
+was wrong, or returns what it validated. They are composed where they are used: the request
+reader (oauth_request.py), the grants (grants.py) and the endpoints (endpoints.py). What a
+client may register, and where it may be sent, is checked in client_checks.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from urllib.parse import unquote
+
+from authlib.oauth2.rfc6749.errors import (
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+)
+
+from mcp_oauth.common.scopes import scope_set, scope_str
+from mcp_oauth.common.text import printable
+from mcp_oauth.provider.records import TokenRecord
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+REPEATABLE_PARAMETERS = {"resource"}  # RFC 8707 §2 allows several; we then refuse >1 below
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+class InvalidTargetError(OAuth2Error):
+    """RFC 8707 §2: the requested resource is unknown or not allowed."""
+
+    error = "invalid_target"
+
+
+def check_parameter_values(items: list[tuple[str, object]]) -> None:
+    """Every parameter is text without control characters (RFC 6749 Appendix A: parameter
+    values are printable characters; a file upload or a raw newline is not a value)."""
+    for key, value in items:
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"parameter {printable(key)} must be a string")
+        if CONTROL_CHARACTERS.search(key) or CONTROL_CHARACTERS.search(value):
+            raise InvalidRequestError(f"parameter {printable(key)} contains control characters")
+
+
+def check_no_repeated_parameters(items: list[tuple[str, str]]) -> None:
+    """RFC 6749 §3.1 and §3.2: parameters MUST NOT be included more than once (RFC 8707's
+    `resource` excepted)."""
+    seen: set[str] = set()
+    for key, _ in items:
+        if key in seen and key not in REPEATABLE_PARAMETERS:
+            raise InvalidRequestError(f"parameter {printable(key)} was sent more than once")
+        seen.add(key)
+
+
+def check_basic_credentials(headers) -> None:
+    """RFC 6749 §2.3.1 with RFC 7617: Basic credentials are base64 of UTF-8 `id:secret`.
+    Authlib assumes they decode; the ones that do not are invalid_client, not a crash."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = None
+    if decoded is None or ":" not in decoded or CONTROL_CHARACTERS.search(unquote(decoded)):
+        raise InvalidClientError(status_code=401, description="malformed Basic credentials")
+
+
+def check_pkce_s256(data: dict) -> None:
+    """RFC 7636 §4.3 as RFC 9700 §2.1.1 asks: every authorization request carries a
+    code_challenge made with S256; no challenge, or `plain`, is refused."""
+    if not data.get("code_challenge"):
+        raise InvalidRequestError("code_challenge is required (PKCE with S256)")
+    if data.get("code_challenge_method") != "S256":
+        raise InvalidRequestError("code_challenge_method must be S256")
+
+
+def requested_resource(payload, known: dict) -> str | None:
+    """RFC 8707 §2: the `resource` parameter, at most one here, and one this provider knows."""
+    values = payload.datalist.get("resource", [])
+    if len(values) > 1:
+        raise InvalidTargetError("only one resource may be requested")
+    if not values:
+        return None
+    if values[0] not in known:
+        raise InvalidTargetError(f"unknown resource: {printable(values[0])}")
+    return values[0]
+
+
+def check_resource_is_bound(requested: str | None, bound: str | None) -> None:
+    """RFC 8707 §2.2: at the token endpoint a `resource` may only repeat the one the code or
+    refresh token was issued for."""
+    if requested is not None and requested != bound:
+        raise InvalidTargetError("resource differs from the one this grant was issued for")
+
+
+def check_scope_known(scope: str | None, supported: list[str]) -> None:
+    """RFC 6749 §3.3: a scope the server does not define is invalid_scope."""
+    unknown = scope_set(scope) - set(supported)
+    if unknown:
+        raise InvalidScopeError(f"unknown scope: {printable(scope_str(unknown))}")
+
+
+# -- token exchange (RFC 8693) ---------------------------------------------------------------
+
+
+def check_exchange_token_types(form: dict) -> None:
+    """RFC 8693 §2.1: this server exchanges an access token for an access token, and the
+    client itself is the actor (no actor_token)."""
+    if form.get("subject_token_type") != ACCESS_TOKEN_TYPE:
+        raise InvalidRequestError(f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
+    if form.get("requested_token_type", ACCESS_TOKEN_TYPE) != ACCESS_TOKEN_TYPE:
+        raise InvalidRequestError(f"requested_token_type must be {ACCESS_TOKEN_TYPE}")
+    if "actor_token" in form:
+        raise InvalidRequestError("actor_token is not supported; the client is the actor")
+
+
+def check_subject_token(subject: TokenRecord | None) -> TokenRecord:
+    """RFC 8693 §2.2.2: a subject_token that is not an active user's access token is
+    invalid_grant (there must be a user to act on behalf of)."""
+    if subject is None or subject.is_expired() or subject.is_revoked():
+        raise InvalidGrantError("subject_token is not an active access token")
+    if subject.username is None:
+        raise InvalidGrantError("subject_token has no user to act on behalf of")
+    return subject
+
+
+def check_exchange_target(target: str | None, known: dict) -> str:
+    """RFC 8693 §2.1 with §2.2.2: `audience` or `resource` names a known downstream API,
+    otherwise invalid_target."""
+    if target not in known:
+        raise InvalidTargetError(f"unknown audience or resource: {printable(target)}")
+    return target
+
+
+def exchanged_scope(requested: str | None, subject_scope: str, target_scopes, target: str) -> str:
+    """RFC 8693 §2.1 and §5: the new token's scope is never wider than the subject token's,
+    and only what the target accepts; nothing left is invalid_scope."""
+    wanted = scope_set(requested)
+    if not wanted <= scope_set(subject_scope):
+        raise InvalidScopeError("the requested scope is wider than the subject token's")
+    scope = (wanted or scope_set(subject_scope)) & target_scopes
+    if not scope:
+        raise InvalidScopeError(f"no scope of the subject token applies to {target}")
+    return scope_str(scope)

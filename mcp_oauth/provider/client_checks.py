@@ -1,0 +1,167 @@
+"""Protocol checks about clients, one small function per rule: which redirect URIs a client
+may register and use, whether an error may be redirected to it, and the metadata it may
+register (RFC 7591). Request parameters are checked in checks.py."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+
+from mcp_oauth.common.scopes import scope_set, scope_str
+from mcp_oauth.common.text import printable
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+MAX_CLIENT_NAME = 200
+# Registration metadata (RFC 7591 §2) this server reads, and the JSON type each must have.
+METADATA_TYPES: dict[str, type] = {
+    "redirect_uris": list,
+    "grant_types": list,
+    "response_types": list,
+    "contacts": list,
+    "token_endpoint_auth_method": str,
+    "client_name": str,
+    "client_uri": str,
+    "logo_uri": str,
+    "scope": str,
+    "tos_uri": str,
+    "policy_uri": str,
+    "jwks_uri": str,
+    "software_id": str,
+    "software_version": str,
+    "jwks": dict,
+}
+
+
+class InvalidRedirectUri(OAuth2Error):
+    """RFC 7591 §3.2.2."""
+
+    error = "invalid_redirect_uri"
+
+
+class InvalidClientMetadata(OAuth2Error):
+    """RFC 7591 §3.2.2."""
+
+    error = "invalid_client_metadata"
+
+
+# -- redirect URIs ---------------------------------------------------------------------------
+
+
+def is_loopback_redirect(uri: str) -> bool:
+    """RFC 8252 §7.3: an http redirect to the device itself (a native app's local listener)."""
+    parts = urlsplit(uri)
+    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+
+
+def redirect_uri_matches(registered: str, requested: str) -> bool:
+    """Exact string match (RFC 9700 §4.1.3), except that a registered loopback redirect URI
+    without a port matches the same URI with any port (RFC 8252 §7.3). Everything but the
+    port is still compared as an exact string, so userinfo, case, path or query tricks fail."""
+    if requested == registered:
+        return True
+    if not is_loopback_redirect(registered):
+        return False
+    try:
+        want, got = urlsplit(registered), urlsplit(requested)
+        port = got.port
+    except ValueError:
+        return False
+    if port is None or got.fragment:
+        return False
+    netloc_without_port = got.netloc[: got.netloc.rfind(":")]
+    return (
+        got.scheme == want.scheme
+        and netloc_without_port == want.netloc
+        and got.path == want.path
+        and got.query == want.query
+    )
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why a redirect URI may not be registered (RFC 8252 §7.3, RFC 9700 §4.1), or None."""
+    if not URI_CHARACTERS.fullmatch(uri):
+        return "not a valid URI (RFC 3986)"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "not a valid URI"
+    if parts.fragment or "#" in uri:
+        return "must not contain a fragment"
+    if parts.username or parts.password:
+        return "must not contain user information"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if is_loopback_redirect(uri):
+        return None
+    return "must use https, or http on a loopback address (RFC 8252 section 7.3)"
+
+
+def may_redirect_error(client, redirect_uri: str | None) -> bool:
+    """RFC 9700 §4.11.2: an error goes back without the user's action only to a
+    pre-registered client or a loopback redirect URI; anyone can register a client, and
+    redirecting its errors would make this server an open redirector. (Authlib sets
+    redirect_uri on an error only once it was verified, RFC 6749 §4.1.2.1.)"""
+    if not redirect_uri:
+        return False
+    return (client is not None and client.preregistered) or is_loopback_redirect(redirect_uri)
+
+
+# -- registration metadata (RFC 7591) --------------------------------------------------------
+
+
+def check_metadata_types(data: dict) -> None:
+    """RFC 7591 §2: each metadata value has its JSON type (Authlib's claim checks assume
+    them); a client name is shown to users, so it is kept short."""
+    if len(data.get("client_name") or "") > MAX_CLIENT_NAME:
+        raise InvalidClientMetadata(f"client_name may have at most {MAX_CLIENT_NAME} characters")
+    for name, expected in METADATA_TYPES.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, expected):
+            raise InvalidClientMetadata(f"{name} must be a JSON {expected.__name__}")
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise InvalidClientMetadata(f"{name} must be a list of strings")
+
+
+def check_registered_auth_method(method: str, supported: list[str]) -> None:
+    """RFC 7591 §2: token_endpoint_auth_method is one this server supports."""
+    if method not in supported:
+        raise InvalidClientMetadata(f"token_endpoint_auth_method must be one of {supported}")
+
+
+def check_registered_grant_types(grant_types: list[str], allowed: set[str]) -> None:
+    """RFC 7591 §2: a self-registered client may only use the grant types open to it."""
+    if not set(grant_types) <= allowed:
+        raise InvalidClientMetadata(f"grant_types may only contain {sorted(allowed)}")
+
+
+def check_registered_response_types(response_types: list[str]) -> None:
+    """RFC 7591 §2.1: the code flow is the only one here (no implicit flow, RFC 9700 §2.1.2)."""
+    if response_types != ["code"]:
+        raise InvalidClientMetadata('response_types must be ["code"]')
+
+
+def check_registered_redirect_uris(redirect_uris: list[str], grant_types: list[str]) -> None:
+    """RFC 7591 §2: the code flow needs redirect URIs, and each must be safe
+    (`redirect_uri_problem`)."""
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise InvalidRedirectUri("redirect_uris is required for the authorization code grant")
+    for uri in redirect_uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise InvalidRedirectUri(f"{printable(uri)}: {problem}")
+
+
+def registered_scope(scope: str | None, supported: list[str]) -> str:
+    """RFC 7591 §2: the scopes the client may ask for; all of them when it names none, and
+    none this server does not define."""
+    requested = scope_set(scope) or set(supported)
+    unknown = requested - set(supported)
+    if unknown:
+        raise InvalidClientMetadata(f"unknown scope: {printable(scope_str(unknown))}")
+    return scope_str(requested)

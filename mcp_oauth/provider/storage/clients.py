@@ -1,0 +1,70 @@
+"""Clients: pre-registered ones re-synced from users.yaml at every start, and the ones that
+registered themselves (RFC 7591). A client read from the database is reused briefly."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from cachetools import TTLCache
+from sqlalchemy import select
+
+from mcp_oauth.provider.hashed_secrets import secret_hash
+from mcp_oauth.provider.records import ClientRecord
+from mcp_oauth.provider.storage.database import Database, now
+from mcp_oauth.provider.storage.schema import clients
+
+CLIENT_CACHE_SECONDS = 30
+
+
+class ClientStore:
+    def __init__(self, db: Database):
+        self.db = db
+        # Clients change only at start (users.yaml) or by registration: a client read from the
+        # database is reused briefly instead of being read for every token request.
+        self._cache: TTLCache = TTLCache(maxsize=1024, ttl=CLIENT_CACHE_SECONDS)
+        self._cache_lock = threading.Lock()  # cachetools caches are not thread-safe
+
+    def save(
+        self,
+        client_id: str,
+        client_secret: str | None,
+        client_metadata: dict,
+        *,
+        resource_server: bool = False,
+        may_exchange_tokens: bool = False,
+        preregistered: bool = False,
+    ) -> None:
+        """Insert or update a client (pre-registered clients are re-synced at every start)."""
+        values = {
+            "secret_hash": secret_hash(client_secret) if client_secret else None,
+            "metadata_json": json.dumps(client_metadata),
+            "resource_server": resource_server,
+            "may_exchange_tokens": may_exchange_tokens,
+            "preregistered": preregistered,
+        }
+        with self.db.write() as conn:
+            self.db.upsert(
+                conn, clients, {"client_id": client_id, "created_at": now(), **values}, values
+            )
+
+    def get(self, client_id: str) -> ClientRecord | None:
+        with self._cache_lock:
+            cached = self._cache.get(client_id)
+        if cached is not None:
+            return cached
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        if row is None:
+            return None
+        record = ClientRecord(
+            client_id=row.client_id,
+            secret_hash=row.secret_hash,
+            metadata=json.loads(row.metadata_json),
+            resource_server=row.resource_server,
+            may_exchange_tokens=row.may_exchange_tokens,
+            preregistered=row.preregistered,
+        )
+        with self._cache_lock:
+            self._cache[client_id] = record
+        return record

@@ -1,0 +1,73 @@
+"""The provider's database connection: one write transaction at a time per SQLite file, an
+atomic upsert for both dialects, and the server secrets every replica shares."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
+from sqlalchemy import Table, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from mcp_oauth.common.sql import create_storage_engine
+from mcp_oauth.provider.storage.schema import metadata, server_secrets
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Database:
+    """The engine, its write transactions and the tables, created once."""
+
+    def __init__(self, url: str):
+        self.engine = create_storage_engine(url)
+        # SQLite has one write lock per database: writers of this process queue here rather
+        # than in SQLite's busy handler, which sleeps between retries. (Other processes are
+        # still kept out by SQLite itself.) PostgreSQL locks rows, so it needs no such queue.
+        self._sqlite_writer = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together on an empty database: one creates the tables.
+                # (On SQLite the write transaction itself serializes them.)
+                conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
+            metadata.create_all(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction: committed on success, rolled back on error."""
+        with self._sqlite_writer or nullcontext(), self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    @staticmethod
+    def upsert(conn: Connection, table: Table, row: dict, on_conflict: dict) -> None:
+        """INSERT row, or apply on_conflict to the row with its primary key, atomically (two
+        replicas writing the same key at once must not fail)."""
+        insert_for = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(
+            insert_for(table)
+            .values(**row)
+            .on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=on_conflict)
+        )
+
+    def server_secret(self, name: str, create: Callable[[], str]) -> str:
+        """The named secret, created once and shared by every replica and restart."""
+        query = select(server_secrets.c.value).where(server_secrets.c.name == name)
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        if value is not None:
+            return value
+        try:
+            with self.write() as conn:
+                conn.execute(insert(server_secrets).values(name=name, value=create()))
+        except IntegrityError:
+            pass  # another replica created it first; use theirs
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()

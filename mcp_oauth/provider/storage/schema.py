@@ -1,0 +1,103 @@
+"""The provider's tables (SQLAlchemy 2 Core). Names and columns are what existing databases
+and running replicas hold, so they stay as they are; where a name predates the code's words,
+the comment says which word the code uses."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("client_id", String(200), primary_key=True),
+    Column("secret_hash", String(64)),
+    Column("metadata_json", Text, nullable=False),
+    Column("resource_server", Boolean, nullable=False, default=False),
+    Column("may_exchange_tokens", Boolean, nullable=False, default=False),
+    Column("preregistered", Boolean, nullable=False, default=False),
+    Column("created_at", Integer, nullable=False),
+)
+
+authorization_codes = Table(
+    "authorization_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(200), nullable=False),
+    Column("username", String(200), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("resource", Text),
+    Column("code_challenge", String(128), nullable=False),
+    Column("code_challenge_method", String(10), nullable=False),
+    Column("auth_time", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False),
+    Column("used_at", Integer),
+    Column("grant_id", String(36)),  # the token family the code was redeemed for
+)
+
+# One row per token family: every token issued from one code, one device approval, one
+# client_credentials request or one token exchange. Revoking the family revokes them all.
+# (The code calls it a family; "grant" there means an OAuth grant type.)
+token_families = Table(
+    "grants",
+    metadata,
+    Column("grant_id", String(36), primary_key=True),  # the family id
+    Column("client_id", String(200), nullable=False, index=True),
+    Column("username", String(200), index=True),
+    Column("scope", Text, nullable=False),
+    Column("resource", Text),
+    Column("actor", String(200)),
+    Column("created_at", Integer, nullable=False),
+    Column("revoked_at", Integer),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("kind", String(10), nullable=False),  # "access" | "refresh"
+    Column("grant_id", String(36), nullable=False, index=True),  # the family id
+    Column("client_id", String(200), nullable=False),
+    Column("username", String(200)),
+    Column("scope", Text, nullable=False),
+    Column("resource", Text),
+    Column("actor", String(200)),
+    Column("issued_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False),
+    Column("revoked_at", Integer),
+    Column("used_at", Integer),  # refresh tokens: set when rotated
+)
+
+device_codes = Table(
+    "device_codes",
+    metadata,
+    Column("device_code_hash", String(64), primary_key=True),
+    Column("user_code", String(20), nullable=False, unique=True),
+    Column("client_id", String(200), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("resource", Text),
+    Column("expires_at", Integer, nullable=False),
+    Column("interval", Integer, nullable=False),
+    Column("last_polled_at", Integer),
+    Column("username", String(200)),
+    Column("granted_scope", Text),  # the scope the user approved
+    Column("decision", String(10)),  # None (pending) | "approved" | "denied"
+    Column("used_at", Integer),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure_at", Integer, nullable=False),
+)
