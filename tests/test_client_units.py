@@ -13,7 +13,7 @@ import pytest
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from rich.console import Console
 
-from mcp_oauth.client.demo import sample_arguments
+from mcp_oauth.client.demo import allowed_scopes, sample_arguments
 from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError
 from mcp_oauth.client.token_cache import SavedLogin, TokenCache
@@ -130,6 +130,12 @@ def test_requirements_name_their_scope():
 
 def test_demo_fills_required_arguments_only():
     assert sample_arguments(SCHEMA) == {"key": "demo", "count": 1}
+
+
+def test_demo_reads_the_repository_users_yaml(monkeypatch):
+    monkeypatch.delenv("OAUTH_USERS_FILE", raising=False)
+    allowed = allowed_scopes()
+    assert allowed["bob"] == {"read"} and allowed["admin"] == {"read", "write", "admin"}
 
 
 # --- The token cache --------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from mcp_oauth.client.trace import Trace
 from mcp_oauth.common.scopes import scope_str
 from mcp_oauth.common.users_yaml import UsersFileError, account_scopes, read_users_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: users.yaml and the two servers
 # The documented test accounts (README, users.yaml); development passwords, not secrets.
 DEMO_ACCOUNTS = {"alice": "password123", "bob": "secret456", "admin": "admin789"}
 DEFAULT_MCP_URL = "http://localhost:8000/mcp"
