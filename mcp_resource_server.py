@@ -37,28 +37,22 @@ from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from mcp_oauth.resource_server.gate import (
-    PUBLIC,
-    SIGNED_IN,
-    Challenges,
-    OAuthGate,
-    ToolScopes,
-    protected_resource_routes,
-    resource_metadata_path,
-)
-from mcp_oauth.resource_server.introspection import IntrospectionVerifier, current_caller
-from mcp_oauth.resource_server.jwt_verifier import (
-    SETTINGS_HELP,
-    ChosenVerifier,
-    ConfigurationError,
-    ValidationSettings,
-    entra_issuers,
-)
+from mcp_oauth.resource_server.caller import current_caller
+from mcp_oauth.resource_server.entra import entra_issuers
+from mcp_oauth.resource_server.fastmcp_internals import warm_state_store
+from mcp_oauth.resource_server.gate import guard
+from mcp_oauth.resource_server.introspection import IntrospectionVerifier
 from mcp_oauth.resource_server.on_behalf_of import DownstreamError, OnBehalfOf
 from mcp_oauth.resource_server.provider_discovery import Provider, ProviderError
 from mcp_oauth.resource_server.store import ResourceStore
+from mcp_oauth.resource_server.tool_scopes import PUBLIC, SIGNED_IN, ToolScopes
+from mcp_oauth.resource_server.validation_settings import (
+    SETTINGS_HELP,
+    ConfigurationError,
+    ValidationSettings,
+)
+from mcp_oauth.resource_server.verifier_choice import ChosenVerifier
 
 log = logging.getLogger("mcp_resource_server")
 
@@ -189,7 +183,7 @@ async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
         log.warning("MCP_RS_CLIENT_SECRET is not set: using the development default secret")
     store.create_tables()
     await scopes.check_complete()
-    _ = mcp._state_store  # FastMCP imports its state store lazily: not in the first user's call
+    warm_state_store(mcp)  # not in the first user's call
     try:
         yield
     finally:
@@ -343,21 +337,15 @@ def create_app() -> Starlette:
         host_origin_protection="auto",
         allowed_hosts=[parts.netloc],
     )
-    challenges = Challenges(
-        resource_metadata_url=f"{parts.scheme}://{parts.netloc}"
-        + resource_metadata_path(settings.server_url),
+    guard(
+        app,
+        path=path,
+        resource=settings.server_url,
+        verifier=verifier,
+        tools=scopes,
+        provider=provider,
         login_scope="read",
-    )
-    # The gate wraps the MCP route itself, so it guards exactly what that route serves.
-    route = next(r for r in app.router.routes if isinstance(r, Route) and r.path == path)
-    route.app = OAuthGate(route.app, verifier=verifier, tools=scopes, challenges=challenges)
-    app.router.routes.extend(
-        protected_resource_routes(
-            resource=settings.server_url,
-            provider=provider,
-            scopes=list(SCOPES),
-            resource_name=mcp.name,
-        )
+        resource_name=mcp.name,
     )
     return app
 

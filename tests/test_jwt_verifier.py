@@ -1,4 +1,5 @@
-"""JWT access tokens checked locally (resource_server.jwt_verifier) against key sets over HTTP.
+"""JWT access tokens checked locally (resource_server.jwt_verifier, key_set, jwt_claims,
+entra) against key sets over HTTP, and the choice of that or introspection (verifier_choice).
 
 Peers, all real HTTP:
 * Entra ID cannot run here, so it is imitated (tests/peers/entra.py) with its real v1.0/v2.0
@@ -27,21 +28,16 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
 
+from mcp_oauth.resource_server.entra import entra_expectations
 from mcp_oauth.resource_server.introspection import IntrospectionVerifier
-from mcp_oauth.resource_server.jwt_verifier import (
-    ChosenVerifier,
-    ConfigurationError,
-    Expectations,
-    JwtVerifier,
-    KeySetCache,
-    TokenRefused,
-    ValidationSettings,
-    choose_mode,
-    header_refusal,
-    scopes_of,
-)
+from mcp_oauth.resource_server.jwt_claims import header_refusal, scopes_of
+from mcp_oauth.resource_server.jwt_verifier import JwtVerifier
+from mcp_oauth.resource_server.key_set import KeySetCache
 from mcp_oauth.resource_server.provider_discovery import Provider as DiscoveredProvider
 from mcp_oauth.resource_server.provider_discovery import ProviderMetadata, ProviderUnavailable
+from mcp_oauth.resource_server.validation_settings import ConfigurationError, ValidationSettings
+from mcp_oauth.resource_server.verified_token import TokenRefused
+from mcp_oauth.resource_server.verifier_choice import ChosenVerifier, choose_mode
 from tests.conftest import RS_SECRET, Provider, start_provider
 from tests.support import free_port
 
@@ -92,7 +88,7 @@ def entra_verifier(
 ) -> JwtVerifier:
     f = entra.factory
     keys = KeySetCache(entra.jwks_uri(), http, clock=clock or Clock())
-    expect = Expectations.for_entra(f.tenant_id, f.api.client_id, None)
+    expect = entra_expectations(f.tenant_id, f.api.client_id, None)
     return JwtVerifier(keys, expect, RESOURCE)
 
 
@@ -219,7 +215,7 @@ def test_key_set_failure_is_unavailable_never_acceptance(entra: EntraServer) -> 
 
     async def scenario(http: httpx.AsyncClient, jwks_uri: str) -> ProviderUnavailable:
         keys = KeySetCache(jwks_uri, http)
-        verifier = JwtVerifier(keys, Expectations.for_entra(f.tenant_id, f.api.client_id, None), "")
+        verifier = JwtVerifier(keys, entra_expectations(f.tenant_id, f.api.client_id, None), "")
         with pytest.raises(ProviderUnavailable) as caught:
             await verifier.verify_token(token)
         with pytest.raises(ProviderUnavailable):  # backing off: refused at once
@@ -439,7 +435,7 @@ def test_settings_from_env() -> None:
         {"MCP_ENTRA_TENANT_ID": tenant, "MCP_ENTRA_CLIENT_ID": client, "MCP_JWT_LEEWAY": "30"}
     )
     assert (s.mode, s.leeway, s.jwks_cache_ttl, s.jwks_refetch_interval) == ("auto", 30, 3600, 30)
-    expect = Expectations.for_entra(tenant, client, s.entra_app_id_uri)
+    expect = entra_expectations(tenant, client, s.entra_app_id_uri)
     assert expect.audiences == (client, f"api://{client}")
     assert expect.issuers == (
         f"https://sts.windows.net/{tenant}/",

@@ -6,16 +6,13 @@ import hashlib
 
 import pytest
 
-from mcp_oauth.resource_server.gate import quotable
-from mcp_oauth.resource_server.introspection import (
-    Grant,
-    audiences,
-    cache_key,
-    entry_lifetime,
-    refusal,
-)
+from mcp_oauth.resource_server.caches import hashed_key
+from mcp_oauth.resource_server.challenges import quotable
+from mcp_oauth.resource_server.fastmcp_internals import metadata_discovery_urls
+from mcp_oauth.resource_server.introspection import entry_lifetime, refusal
 from mcp_oauth.resource_server.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
-from mcp_oauth.resource_server.provider_discovery import Backoff, ProviderMetadata, metadata_urls
+from mcp_oauth.resource_server.provider_discovery import Backoff, ProviderMetadata
+from mcp_oauth.resource_server.verified_token import VerifiedToken, audiences
 
 ISSUER = "http://127.0.0.1:9000"
 RESOURCE = "http://127.0.0.1:8000/mcp"
@@ -105,16 +102,16 @@ def test_entry_without_exp_lives_the_ttl():
 
 def test_cache_key_is_a_sha256_not_the_token():
     token = "opaque-token-value-0123456789"
-    key = cache_key(token)
+    key = hashed_key(token)
     assert key == hashlib.sha256(token.encode()).digest()
     assert token.encode() not in key and token not in key.hex()
-    assert cache_key(token) == key and cache_key(token + "x") != key
+    assert hashed_key(token) == key and hashed_key(token + "x") != key
 
 
-def test_cached_grant_holds_no_token_but_hands_it_to_the_request():
-    grant = Grant.from_answer(answer(), RESOURCE)
-    assert "token" not in grant.__slots__
-    access = grant.access_token("the-token")
+def test_cached_verified_token_holds_no_token_but_hands_it_to_the_request():
+    verified = VerifiedToken.from_introspection(answer(), RESOURCE)
+    assert "token" not in verified.__slots__
+    access = verified.access_token("the-token")
     assert access.token == "the-token"
     assert (access.client_id, access.subject, access.scopes) == (
         "mcp-client",
@@ -124,20 +121,21 @@ def test_cached_grant_holds_no_token_but_hands_it_to_the_request():
     assert access.resource == RESOURCE and access.claims["iss"] == ISSUER
 
 
-def test_grant_tolerates_odd_answer_shapes():
-    grant = Grant.from_answer(answer(scope=None, sub=42), RESOURCE)
-    assert grant.scopes == [] and grant.subject == "42"
+def test_verified_token_tolerates_odd_answer_shapes():
+    verified = VerifiedToken.from_introspection(answer(scope=None, sub=42), RESOURCE)
+    assert verified.scopes == [] and verified.subject == "42"
 
 
 # -- discovery -------------------------------------------------------------------------------
 
 
 def test_metadata_urls_insert_the_issuer_path_then_fall_back_to_openid():
-    assert metadata_urls("https://sso.example/realms/x") == [
+    assert metadata_discovery_urls("https://sso.example/realms/x") == [
         "https://sso.example/.well-known/oauth-authorization-server/realms/x",
+        "https://sso.example/.well-known/openid-configuration/realms/x",
         "https://sso.example/realms/x/.well-known/openid-configuration",
     ]
-    assert metadata_urls("http://localhost:9000") == [
+    assert metadata_discovery_urls("http://localhost:9000") == [
         "http://localhost:9000/.well-known/oauth-authorization-server",
         "http://localhost:9000/.well-known/openid-configuration",
     ]

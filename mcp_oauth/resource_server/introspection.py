@@ -17,71 +17,29 @@ The rules, and why:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from cachetools import TLRUCache
-from fastmcp.exceptions import ToolError
-from fastmcp.server.auth import AccessToken, TokenVerifier
-from fastmcp.server.dependencies import get_access_token
+from fastmcp.server.auth import AccessToken
 
+from mcp_oauth.resource_server.caches import hashed_key, lifetime_cache
 from mcp_oauth.resource_server.provider_discovery import Provider, ProviderUnavailable
+from mcp_oauth.resource_server.verified_token import (
+    CheckingVerifier,
+    TokenRefused,
+    VerifiedToken,
+    claims_refusal,
+)
 
 log = logging.getLogger(__name__)
 
 
-class TokenRefused(Exception):
-    """A token this server does not accept; the message says why, for logs and error_description."""
-
-
-class CheckingVerifier(TokenVerifier):
-    """A FastMCP token verifier that can say why it refuses a token."""
-
-    async def check(self, token: str) -> AccessToken:
-        """The token's grant; raises TokenRefused (with why) or ProviderUnavailable."""
-        raise NotImplementedError
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        """FastMCP's interface: the grant, or None when refused."""
-        try:
-            return await self.check(token)
-        except TokenRefused:
-            return None
-
-
-def cache_key(token: str) -> bytes:
-    """The cache's name for a token: its SHA-256, never the token itself."""
-    return hashlib.sha256(token.encode()).digest()
-
-
-def audiences(aud: object) -> list[str]:
-    """`aud` as a list: RFC 7662 allows one string or an array of strings."""
-    if isinstance(aud, str):
-        return [aud]
-    if isinstance(aud, list):
-        return [item for item in aud if isinstance(item, str)]
-    return []
-
-
-def claims_refusal(
-    claims: Mapping[str, Any], *, issuers: Collection[str], resources: Collection[str]
-) -> str | None:
-    """Why `iss` or `aud` is not ours; None if both are. The issuer is compared verbatim
-    (RFC 8414), the audience ignoring a trailing slash (the same URL)."""
-    if claims.get("iss") not in issuers:
-        return f"token issuer {claims.get('iss')!r} is not {' or '.join(issuers)}"
-    wanted = {resource.rstrip("/") for resource in resources}
-    if not any(aud.rstrip("/") in wanted for aud in audiences(claims.get("aud"))):
-        return f"token audience {claims.get('aud')!r} is not this server ({' or '.join(resources)})"
-    return None
-
-
 def refusal(answer: dict[str, Any], *, resource: str, issuer: str, now: float) -> str | None:
-    """Why an introspection answer does not admit a request to `resource`; None if it does."""
+    """Why an introspection answer (RFC 7662 §2.2) does not admit a request to `resource`;
+    None if it does: active, a bearer access token, ours (iss, aud) and not expired."""
     if answer.get("active") is not True:
         return f"{issuer} reports the token inactive (expired, revoked or unknown)"
     token_type = answer.get("token_type")
@@ -102,44 +60,8 @@ def entry_lifetime(ttl: float, exp: object, now: float) -> float:
     return ttl
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What an active token allows. Cached in place of the answer, and without the token."""
-
-    client_id: str
-    scopes: list[str]
-    subject: str | None
-    expires_at: int | None
-    resource: str
-    claims: dict[str, Any]
-
-    @classmethod
-    def from_answer(cls, answer: dict[str, Any], resource: str) -> Grant:
-        exp, scope, sub = answer.get("exp"), answer.get("scope"), answer.get("sub")
-        return cls(
-            client_id=str(answer.get("client_id", "")),
-            scopes=scope.split() if isinstance(scope, str) else [],
-            subject=str(sub) if sub is not None else None,
-            expires_at=int(exp) if exp is not None else None,
-            resource=resource,
-            claims=answer,
-        )
-
-    def access_token(self, token: str) -> AccessToken:
-        """The FastMCP view of this grant for one request (fields known valid: no re-validation)."""
-        return AccessToken.model_construct(
-            token=token,
-            client_id=self.client_id,
-            scopes=self.scopes,
-            expires_at=self.expires_at,
-            resource=self.resource,
-            subject=self.subject,
-            claims=self.claims,
-        )
-
-
 class _Entry(NamedTuple):
-    grant: Grant | None  # None: a cached refusal
+    verified: VerifiedToken | None  # None: a cached refusal
     refusal: str  # why, for the 401 and the log
     lifetime: float
 
@@ -162,9 +84,7 @@ class IntrospectionVerifier(CheckingVerifier):
         self.resource_url = resource_url
         self.cache_ttl = cache_ttl
         self.refusal_ttl = refusal_ttl
-        self._cache: TLRUCache[bytes, _Entry] = TLRUCache(
-            cache_size, ttu=lambda _key, entry, now: now + entry.lifetime, timer=clock
-        )
+        self._cache: TLRUCache[bytes, _Entry] = lifetime_cache(cache_size, clock)
         self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
         self.counters = {
             "cache_hits": 0,
@@ -175,8 +95,9 @@ class IntrospectionVerifier(CheckingVerifier):
         }
 
     async def check(self, token: str) -> AccessToken:
-        """The token's grant; raises TokenRefused, or ProviderUnavailable on provider trouble."""
-        key = cache_key(token)
+        """What the token grants; raises TokenRefused, or ProviderUnavailable on provider
+        trouble. Concurrent first checks of one token share one introspection (single flight)."""
+        key = hashed_key(token)
         entry = self._cache.get(key)
         if entry is not None:
             self.counters["cache_hits"] += 1
@@ -189,9 +110,9 @@ class IntrospectionVerifier(CheckingVerifier):
                 self.counters["shared_introspections"] += 1
             # Shielded: a caller that goes away must not cancel the answer others wait for.
             entry = await asyncio.shield(task)
-        if entry.grant is None:
+        if entry.verified is None:
             raise TokenRefused(entry.refusal)
-        return entry.grant.access_token(token)
+        return entry.verified.access_token(token)
 
     async def _introspect(self, token: str, key: bytes) -> _Entry:
         try:
@@ -206,7 +127,7 @@ class IntrospectionVerifier(CheckingVerifier):
             reason = refusal(answer, resource=self.resource_url, issuer=issuer, now=now)
             if reason is None:
                 entry = _Entry(
-                    Grant.from_answer(answer, self.resource_url),
+                    VerifiedToken.from_introspection(answer, self.resource_url),
                     "",
                     entry_lifetime(self.cache_ttl, answer.get("exp"), now),
                 )
@@ -226,44 +147,3 @@ class IntrospectionVerifier(CheckingVerifier):
         """Cache and introspection counters since start."""
         self._cache.expire()
         return {**self.counters, "cache_entries": len(self._cache)}
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The signed-in user a tool runs for, read from the verified token."""
-
-    username: str
-    subject: str
-    client_id: str
-    scopes: frozenset[str]
-    expires_at: int | None
-    token: str = field(repr=False)
-    """The caller's own bearer token: only ever sent back to the provider (token exchange)."""
-
-    @property
-    def owner(self) -> str:
-        """The key this user's stored data is filed under: the stable subject, not the name."""
-        return self.subject
-
-
-def current_caller() -> Caller:
-    """The caller of the running tool; a ToolError if the request carried no valid token."""
-    token = get_access_token()
-    if token is None:
-        raise ToolError("This tool needs a signed-in user: send a bearer token.")
-    claims = token.claims or {}
-    username = claims.get("username") or claims.get("preferred_username")
-    subject = token.subject or username
-    if not subject:
-        if not token.client_id:
-            raise ToolError("The token names neither a user nor a client (no sub or client_id).")
-        # Client credentials: the client acts for itself, kept apart from any user's data.
-        subject = f"client:{token.client_id}"
-    return Caller(
-        username=str(username or subject),
-        subject=str(subject),
-        client_id=token.client_id,
-        scopes=frozenset(token.scopes),
-        expires_at=token.expires_at,
-        token=token.token,
-    )

@@ -21,7 +21,6 @@ dropped and exchanged once more.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -31,7 +30,9 @@ from urllib.parse import urlsplit
 import httpx
 from cachetools import TLRUCache
 
-from mcp_oauth.resource_server.introspection import Caller
+from mcp_oauth.common.oauth_errors import refusal_reason
+from mcp_oauth.resource_server.caches import hashed_key, lifetime_cache
+from mcp_oauth.resource_server.caller import Caller
 from mcp_oauth.resource_server.provider_discovery import Provider, ProviderError
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -66,8 +67,7 @@ def entra_obo_form(assertion: str, audience: str) -> dict[str, str]:
 
 def exchange_key(subject: str, scopes: Collection[str], audience: str) -> bytes:
     """The cache's name for one user's exchanged token to one audience."""
-    parts = [subject, " ".join(sorted(scopes)), audience]
-    return hashlib.sha256("\0".join(parts).encode()).digest()
+    return hashed_key(subject, " ".join(sorted(scopes)), audience)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +97,7 @@ class OnBehalfOf:
         """What to exchange for; None: the API's URL."""
         self.entra = entra
         self.margin = margin
-        self._cache: TLRUCache[bytes, _Exchanged] = TLRUCache(
-            cache_size, ttu=lambda _key, entry, now: now + entry.lifetime, timer=clock
-        )
+        self._cache: TLRUCache[bytes, _Exchanged] = lifetime_cache(cache_size, clock)
         self.counters = {"exchanges": 0, "cache_hits": 0, "downstream_calls": 0}
 
     async def call(self, caller: Caller) -> dict[str, Any]:
@@ -160,20 +158,15 @@ class OnBehalfOf:
 
     @staticmethod
     def _answer(url: str, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise DownstreamError(
+                f"The downstream API {url} answered {response.status_code}: "
+                f"{refusal_reason(response) or response.reason_phrase}"
+            )
         try:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code != 200:
-            reason = (
-                body.get("error_description") or body.get("error")
-                if isinstance(body, dict)
-                else None
-            )
-            raise DownstreamError(
-                f"The downstream API {url} answered {response.status_code}: "
-                f"{reason or response.reason_phrase}"
-            )
         if not isinstance(body, dict):
             raise DownstreamError(f"The downstream API {url} did not answer a JSON object.")
         return body

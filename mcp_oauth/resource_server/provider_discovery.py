@@ -20,9 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
+
+from mcp_oauth.common.oauth_errors import refusal_reason
+from mcp_oauth.resource_server.fastmcp_internals import metadata_discovery_urls
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +40,6 @@ class ProviderUnavailable(ProviderError):
     def __init__(self, reason: str, retry_after: int):
         super().__init__(reason)
         self.retry_after = retry_after
-
-
-def metadata_urls(issuer: str) -> list[str]:
-    """Where an issuer publishes its metadata, in the order to try.
-
-    RFC 8414 §3.1 inserts the well-known segment between host and issuer path
-    (https://host/.well-known/oauth-authorization-server/realms/x); OpenID Connect
-    Discovery appends it to the issuer (https://host/realms/x/.well-known/openid-configuration).
-    """
-    parts = urlsplit(issuer)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    path = parts.path.rstrip("/")
-    return [
-        f"{origin}/.well-known/oauth-authorization-server{path}",
-        f"{origin}{path}/.well-known/openid-configuration",
-    ]
 
 
 @dataclass(frozen=True)
@@ -172,7 +159,9 @@ class Provider:
 
     async def _discover(self) -> ProviderMetadata:
         problems = []
-        for url in [self.metadata_url] if self.metadata_url else metadata_urls(self.issuer_url):
+        for url in (
+            [self.metadata_url] if self.metadata_url else metadata_discovery_urls(self.issuer_url)
+        ):
             response = await self._send("GET", url, auth=False)
             if response.status_code != 200:
                 problems.append(f"{url} answered {response.status_code}")
@@ -226,15 +215,12 @@ class Provider:
         return self._answer(await self._send("POST", endpoint, data={"username": username}))
 
     def _answer(self, response: httpx.Response) -> dict[str, Any]:
-        """A JSON object from a 200, or ProviderError with the provider's own reason."""
+        """A JSON object from a 200, or ProviderError with the provider's own reason
+        (RFC 6749 §5.2)."""
         if response.status_code == 200:
             return self._json_object(response)
-        try:
-            body = response.json()
-            reason = body.get("error_description") or body.get("error")
-        except (ValueError, AttributeError):
-            reason = None
-        raise ProviderError(f"the authorization server refused: {reason or response.status_code}")
+        reason = refusal_reason(response) or response.status_code
+        raise ProviderError(f"the authorization server refused: {reason}")
 
     def _json_object(self, response: httpx.Response) -> dict[str, Any]:
         try:
