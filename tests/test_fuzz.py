@@ -541,8 +541,21 @@ def test_resource_server_never_fails_on_generated_requests(http, rs, request):
         assert "resource_metadata=" in response.headers.get("www-authenticate", "")
 
 
-def test_no_server_logged_the_token_the_fuzz_used(rs):
-    """Hundreds of requests above carried this token (runs after the fuzz, same servers)."""
-    _, token, processes = rs
+def test_no_server_logged_the_token_the_fuzz_used(http, rs):
+    """Requests carrying this token, accepted, denied and refused, leave it in no log. Sent
+    here so the test holds alone; when the fuzz above ran first, hundreds more did too."""
+    mcp_url, token, processes = rs
+    headers = {"Accept": "application/json, text/event-stream"}
+    for tool, bearer, status in [
+        ("get_user_profile", token, 200),  # accepted, introspected
+        ("admin_operation", token, 403),  # no admin scope
+        ("get_user_profile", token + "x", 401),  # refused: its reason is logged
+    ]:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        body["params"] = {"name": tool, "arguments": {}}
+        response = http.post(
+            mcp_url, json=body, headers={**headers, "Authorization": f"Bearer {bearer}"}
+        )
+        assert response.status_code == status, (tool, response.status_code)
     for process in processes:
         assert token not in process.output(), f"the access token is in {process.log}"

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,9 @@ class EntraStack:
     rs: ResourceServer
 
 
-@pytest.fixture(scope="module")
-def entra_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntraStack]:
+@contextlib.contextmanager
+def started_entra_stack(tmp: Path) -> Iterator[EntraStack]:
+    """A fresh imitated tenant, its downstream API and a resource server trusting it."""
     with start_entra() as entra, EntraDownstream(entra.factory) as downstream:
         f = entra.factory
         env = {
@@ -157,9 +159,18 @@ def entra_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntraStack
             "MCP_DOWNSTREAM_URL": downstream.url,
             "MCP_DOWNSTREAM_RESOURCE": f.downstream.app_id_uri,
         }
-        rs = start_resource_server(tmp_path_factory.mktemp("entra"), free_port(), env)
-        yield EntraStack(entra, downstream, rs)
-        rs.process.stop()
+        rs = start_resource_server(tmp, free_port(), env)
+        try:
+            yield EntraStack(entra, downstream, rs)
+        finally:
+            rs.process.stop()
+
+
+@pytest.fixture(scope="module")
+def entra_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntraStack]:
+    """Shared by the Entra tests; none of them changes the tenant's keys."""
+    with started_entra_stack(tmp_path_factory.mktemp("entra")) as stack:
+        yield stack
 
 
 def test_entra_metadata_names_entras_issuer_verbatim(entra_stack: EntraStack):
@@ -246,19 +257,19 @@ def test_entra_on_behalf_of_refusal_is_a_clear_tool_error(entra_stack: EntraStac
         entra_stack.rs.call(app_token, "get_downstream_profile")
 
 
-def test_entra_on_behalf_of_exchanges_again_when_the_cached_token_is_refused(
-    entra_stack: EntraStack,
-):
-    """Runs last among the Entra tests: it retires the tenant's signing key."""
-    rs, f = entra_stack.rs, entra_stack.entra.factory
-    rs.call(f.access_token("2.0", scp="read"), "get_downstream_profile")  # cached now
-    f.rotate_keys(retire_old=True)  # the downstream API refuses the cached token from now on
-    before = rs.metrics()["on_behalf_of"]
-    profile = rs.call(f.access_token("2.0", scp="read"), "get_downstream_profile")["profile"]
-    assert profile["oid"] == f.user.oid
-    after = rs.metrics()["on_behalf_of"]
-    assert after["exchanges"] - before["exchanges"] == 1
-    assert after["downstream_calls"] - before["downstream_calls"] == 2  # refused, then fresh
+def test_entra_on_behalf_of_exchanges_again_when_the_cached_token_is_refused(tmp_path: Path):
+    """On a tenant of its own: it retires the tenant's signing key, which would change what
+    the shared tenant's other tests see (and its cached exchanged token would change theirs)."""
+    with started_entra_stack(tmp_path) as stack:
+        rs, f = stack.rs, stack.entra.factory
+        rs.call(f.access_token("2.0", scp="read"), "get_downstream_profile")  # cached now
+        f.rotate_keys(retire_old=True)  # the downstream API refuses the cached token from now on
+        before = rs.metrics()["on_behalf_of"]
+        profile = rs.call(f.access_token("2.0", scp="read"), "get_downstream_profile")["profile"]
+        assert profile["oid"] == f.user.oid
+        after = rs.metrics()["on_behalf_of"]
+        assert after["exchanges"] - before["exchanges"] == 1
+        assert after["downstream_calls"] - before["downstream_calls"] == 2  # refused, then fresh
 
 
 # -- our provider: RFC 8693 token exchange through the resource server -------------------------

@@ -8,7 +8,6 @@ import pytest
 
 from mcp_oauth.resource_server.caches import hashed_key
 from mcp_oauth.resource_server.challenges import quotable
-from mcp_oauth.resource_server.fastmcp_internals import metadata_discovery_urls
 from mcp_oauth.resource_server.introspection import entry_lifetime, refusal
 from mcp_oauth.resource_server.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
 from mcp_oauth.resource_server.provider_discovery import Backoff, ProviderMetadata
@@ -127,18 +126,6 @@ def test_verified_token_tolerates_odd_answer_shapes():
 
 
 # -- discovery -------------------------------------------------------------------------------
-
-
-def test_metadata_urls_insert_the_issuer_path_then_fall_back_to_openid():
-    assert metadata_discovery_urls("https://sso.example/realms/x") == [
-        "https://sso.example/.well-known/oauth-authorization-server/realms/x",
-        "https://sso.example/.well-known/openid-configuration/realms/x",
-        "https://sso.example/realms/x/.well-known/openid-configuration",
-    ]
-    assert metadata_discovery_urls("http://localhost:9000") == [
-        "http://localhost:9000/.well-known/oauth-authorization-server",
-        "http://localhost:9000/.well-known/openid-configuration",
-    ]
 
 
 def test_metadata_keeps_the_issuer_verbatim_and_uses_the_named_endpoints():
