@@ -436,6 +436,8 @@ def test_device_polling_honours_interval_and_slow_down(stack):
     started = asyncio.run(scenario())
     assert [outcome for _, outcome in polls] == ["slow_down", "tokens"]
     first, second = polls[0][0], polls[1][0]
+    # Lower bounds only, which RFC 8628 §3.5 makes the client guarantee; how much later a busy
+    # machine polls is not the client's to promise.
     assert first - started >= 4.9  # the first poll waited the interval
     assert second - first >= 9.9  # after slow_down: interval + 5 s
 
