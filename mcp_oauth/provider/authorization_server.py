@@ -106,35 +106,30 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     # -- endpoints served as JSON ----------------------------------------------------------
 
     async def token_endpoint(self, request: Request) -> Response:
-        return await self._run(request, self.create_token_response)
+        return await self._run(request, self.oauth2_request, self.create_token_response)
 
     async def introspection_endpoint(self, request: Request) -> Response:
-        return await self._run(request, self.create_endpoint_response, "introspection")
+        return await self._endpoint(request, "introspection")
 
     async def revocation_endpoint(self, request: Request) -> Response:
-        return await self._run(request, self.create_endpoint_response, "revocation")
+        return await self._endpoint(request, "revocation")
 
     async def device_authorization_endpoint(self, request: Request) -> Response:
-        return await self._run(request, self.create_endpoint_response, "device_authorization")
+        return await self._endpoint(request, "device_authorization")
 
     async def registration_endpoint(self, request: Request) -> Response:
-        try:
-            json_request = await read_json_request(request)
-            return await run_in_threadpool(
-                self.create_endpoint_response, "client_registration", json_request
-            )
-        except OAuth2Error as error:
-            return self.error_response(error)
-        except ValueError as exc:
-            if not authlib_refused_error_text(exc):
-                raise
-            return self.error_response(
-                InvalidRequestError("a metadata value contains characters that are not allowed")
-            )
+        return await self._run(
+            request, read_json_request, self.create_endpoint_response, "client_registration"
+        )
 
-    async def _run(self, request: Request, handler, *args) -> Response:
+    async def _endpoint(self, request: Request, name: str) -> Response:
+        return await self._run(request, self.oauth2_request, self.create_endpoint_response, name)
+
+    async def _run(self, request: Request, read, handler, *args) -> Response:
+        """Read the request (`read`), let Authlib answer it in a worker thread (`handler`),
+        and answer an OAuth error as its RFC says."""
         try:
-            oauth_request = await self.oauth2_request(request)
+            oauth_request = await read(request)
             return await run_in_threadpool(handler, *args, oauth_request)
         except OAuth2Error as error:
             return self.error_response(error)
@@ -142,7 +137,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
             if not authlib_refused_error_text(exc):
                 raise
             return self.error_response(
-                InvalidRequestError("a parameter contains characters that are not allowed")
+                InvalidRequestError("a value contains characters that are not allowed")
             )
 
     def authenticate_resource_server(self, oauth_request: StarletteOAuth2Request) -> ClientRecord:

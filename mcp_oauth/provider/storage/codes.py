@@ -10,7 +10,12 @@ from sqlalchemy import insert, select, update
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
 from mcp_oauth.provider.records import CodeRecord, IssuedToken, TokenFamily
-from mcp_oauth.provider.storage.database import Database, now
+from mcp_oauth.provider.storage.database import (
+    Database,
+    columns_from_record,
+    now,
+    record_from_row,
+)
 from mcp_oauth.provider.storage.schema import authorization_codes
 from mcp_oauth.provider.storage.tokens import TokenStore, insert_family
 
@@ -24,16 +29,7 @@ class CodeStore:
         with self.db.write() as conn:
             conn.execute(
                 insert(authorization_codes).values(
-                    code_hash=secret_hash(code),
-                    client_id=record.client_id,
-                    username=record.username,
-                    redirect_uri=record.redirect_uri,
-                    scope=record.scope,
-                    resource=record.resource,
-                    code_challenge=record.code_challenge,
-                    code_challenge_method=record.code_challenge_method,
-                    auth_time=record.auth_time,
-                    expires_at=record.expires_at,
+                    {**columns_from_record(record), "code_hash": secret_hash(code)}
                 )
             )
 
@@ -47,19 +43,7 @@ class CodeStore:
             ).first()
         if row is None:
             return None
-        record = CodeRecord(
-            code_hash=row.code_hash,
-            client_id=row.client_id,
-            username=row.username,
-            redirect_uri=row.redirect_uri,
-            scope=row.scope,
-            resource=row.resource,
-            code_challenge=row.code_challenge,
-            code_challenge_method=row.code_challenge_method,
-            auth_time=row.auth_time,
-            expires_at=row.expires_at,
-        )
-        return record, row.used_at is not None
+        return record_from_row(CodeRecord, row), row.used_at is not None
 
     def redeem(self, code: CodeRecord, family: TokenFamily, issued: list[IssuedToken]) -> bool:
         """Mark the code used and store its tokens, atomically; False if it was used already."""

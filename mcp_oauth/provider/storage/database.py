@@ -3,10 +3,12 @@ atomic upsert for both dialects, and the server secrets every replica shares."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -17,9 +19,28 @@ from sqlalchemy.exc import IntegrityError
 from mcp_oauth.common.sql import create_storage_engine
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 
+Record = TypeVar("Record")
+
 
 def now() -> int:
     return int(time.time())
+
+
+def record_from_row(record_type: type[Record], row: Any, **columns: str) -> Record:
+    """A record dataclass from a table row: each field from the column of its name, or from
+    the column `columns` names for it (where the table's name predates the code's word)."""
+    values = row._mapping
+    return record_type(
+        **{
+            field.name: values[columns.get(field.name, field.name)]
+            for field in dataclasses.fields(record_type)
+        }
+    )
+
+
+def columns_from_record(record: Any, **columns: str) -> dict[str, Any]:
+    """The column values of a record dataclass, the inverse of `record_from_row`."""
+    return {columns.get(name, name): value for name, value in dataclasses.asdict(record).items()}
 
 
 class Database:

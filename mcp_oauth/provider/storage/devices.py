@@ -9,25 +9,13 @@ from sqlalchemy import insert, select, update
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
 from mcp_oauth.provider.records import DeviceRecord, IssuedToken, TokenFamily
-from mcp_oauth.provider.storage.database import Database, now
+from mcp_oauth.provider.storage.database import Database, now, record_from_row
 from mcp_oauth.provider.storage.schema import device_codes
 from mcp_oauth.provider.storage.tokens import insert_family
 
 
 def _device_record(row: Any) -> DeviceRecord:
-    return DeviceRecord(
-        device_code_hash=row.device_code_hash,
-        user_code=row.user_code,
-        client_id=row.client_id,
-        scope=row.scope,
-        resource=row.resource,
-        expires_at=row.expires_at,
-        interval=row.interval,
-        username=row.username,
-        approved_scope=row.granted_scope,
-        decision=row.decision,
-        used_at=row.used_at,
-    )
+    return record_from_row(DeviceRecord, row, approved_scope="granted_scope")
 
 
 class DeviceStore:

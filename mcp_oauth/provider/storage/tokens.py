@@ -12,7 +12,12 @@ from sqlalchemy.engine import Connection
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
 from mcp_oauth.provider.records import IssuedToken, TokenFamily, TokenRecord
-from mcp_oauth.provider.storage.database import Database, now
+from mcp_oauth.provider.storage.database import (
+    Database,
+    columns_from_record,
+    now,
+    record_from_row,
+)
 from mcp_oauth.provider.storage.schema import token_families, tokens
 
 
@@ -22,13 +27,7 @@ def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToke
     issued_at = now()
     conn.execute(
         insert(token_families).values(
-            grant_id=family.family_id,
-            client_id=family.client_id,
-            username=family.username,
-            scope=family.scope,
-            resource=family.resource,
-            actor=family.actor,
-            created_at=issued_at,
+            **columns_from_record(family, family_id="grant_id"), created_at=issued_at
         )
     )
     _insert_tokens(conn, family, issued, issued_at)
@@ -73,20 +72,7 @@ class TokenStore:
             row = conn.execute(query).first()
         if row is None:
             return None
-        return TokenRecord(
-            token_hash=row.token_hash,
-            kind=row.kind,
-            family_id=row.grant_id,
-            client_id=row.client_id,
-            username=row.username,
-            scope=row.scope,
-            resource=row.resource,
-            actor=row.actor,
-            issued_at=row.issued_at,
-            expires_at=row.expires_at,
-            revoked_at=row.revoked_at,
-            used_at=row.used_at,
-        )
+        return record_from_row(TokenRecord, row, family_id="grant_id")
 
     def rotate_refresh_token(
         self, old: TokenRecord, family: TokenFamily, issued: list[IssuedToken]
