@@ -80,7 +80,7 @@ def server_metadata(server: AuthorizationServer, routes: list[BaseRoute]) -> dic
             for extension in extensions
             if isinstance(extension, CodeChallenge)
         ),
-        "authorization_response_iss_parameter_supported": True,  # RFC 9207, see pages.py
+        "authorization_response_iss_parameter_supported": True,  # RFC 9207, see authorize_page.py
         "resource_indicators_supported": True,  # RFC 8707, see checks.requested_resource
         "access_token_format": server.minter.access_token_format,
     }
