@@ -1,5 +1,6 @@
 """The endpoints besides /authorize and /token, as small Authlib subclasses (oauth_provider.py
-registers them): introspection, revocation, client registration, device authorization."""
+registers them): introspection, revocation, client registration, device authorization; and
+the per-address limit in front of registration."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint, DeviceCodeGrant
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from mcp_oauth.provider.checks import check_scope_known, requested_resource
+from mcp_oauth.provider.checks import (
+    check_registration_size,
+    check_scope_known,
+    requested_resource,
+)
 from mcp_oauth.provider.client_checks import (
     check_metadata_types,
     check_registered_auth_method,
@@ -45,7 +53,9 @@ class Introspection(TokenLookup, IntrospectionEndpoint):
         return client.resource_server or token.client_id == client.client_id
 
     def introspect_token(self, token: TokenRecord) -> dict:
-        claims = token_claims(self.server.issuer_url, token, token.issued_at, token.expires_at)
+        claims = token_claims(
+            self.server.issuer_url, token, token.issued_at, token.expires_at, token.actors
+        )
         token_type = "Bearer" if token.kind == "access" else "refresh_token"
         return {"active": True, **claims, "token_type": token_type}
 
@@ -82,6 +92,7 @@ class ClientRegistration(ClientRegistrationEndpoint):
         return info
 
     def extract_client_metadata(self, request) -> dict:
+        check_registration_size(request.payload.data)
         check_metadata_types(request.payload.data)
         metadata = super().extract_client_metadata(request)
         grant_types = metadata.setdefault("grant_types", ["authorization_code"])
@@ -98,6 +109,38 @@ class ClientRegistration(ClientRegistrationEndpoint):
         client_id = client_info["client_id"]
         self.server.store.clients.save(client_id, client_info.get("client_secret"), client_metadata)
         return self.server.store.clients.get(client_id)
+
+
+class RegistrationLimit:
+    """Open registration, at most `per_hour` requests per client address (counted in the
+    database, so replicas share the count); beyond it 429 with Retry-After (RFC 6585 §4).
+    The address is the peer's, or the one a trusted proxy forwarded (uvicorn's
+    FORWARDED_ALLOW_IPS), as for sign-in throttling."""
+
+    WINDOW = 3600
+
+    def __init__(self, register, rate_limits, per_hour: int):
+        self.register = register
+        self.rate_limits = rate_limits
+        self.per_hour = per_hour
+
+    async def serve(self, request: Request) -> Response:
+        if self.per_hour > 0:
+            address = request.client.host if request.client else "unknown"
+            wait = await run_in_threadpool(
+                self.rate_limits.reserve, f"register:{address}", self.per_hour, self.WINDOW
+            )
+            if wait:
+                return JSONResponse(
+                    {
+                        "error": "too_many_requests",
+                        "error_description": "too many registrations from this address; "
+                        f"try again in {wait} seconds",
+                    },
+                    429,
+                    {"Retry-After": str(wait), "Cache-Control": "no-store"},
+                )
+        return await self.register(request)
 
 
 class DeviceAuthorization(DeviceAuthorizationEndpoint):

@@ -28,7 +28,9 @@ from mcp_oauth.provider.checks import (
     check_exchange_token_types,
     check_pkce_s256,
     check_resource_is_bound,
+    check_subject_not_exchanged,
     check_subject_token,
+    check_subject_token_is_for_client,
     exchanged_scope,
     requested_resource,
 )
@@ -153,17 +155,33 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
         token = self.server.store.tokens.find(refresh_token, "refresh")
         if token is None or token.is_expired():
             return None
+        self.request.replayed_answer = None
         if token.is_revoked():
             if token.used_at is not None:
-                log.warning("refresh token replayed: revoking its family %s", token.family_id)
-                self.server.store.tokens.revoke_family(token.family_id)
+                self.request.replayed_answer = self._answer_again(refresh_token)
+                if self.request.replayed_answer is not None:
+                    return token
+                self._revoke_replayed(token)
             return None
         return token
+
+    def _answer_again(self, refresh_token: str) -> dict | None:
+        """Within the refresh grace, the same client retrying a refresh whose answer it lost
+        gets that answer again (storage/refresh_replies.py); otherwise None."""
+        if self.server.minter.lifetimes.refresh_grace <= 0:
+            return None
+        return self.server.store.tokens.replies.replay(refresh_token, self.request.client.client_id)
+
+    def _revoke_replayed(self, token: TokenRecord) -> None:
+        log.warning("refresh token replayed: revoking its family %s", token.family_id)
+        self.server.store.tokens.revoke_family(token.family_id)
 
     def authenticate_user(self, refresh_token: TokenRecord):
         return self.server.accounts.get(refresh_token.username)
 
     def create_token_response(self):
+        if self.request.replayed_answer is not None:
+            return 200, self.request.replayed_answer, self.TOKEN_RESPONSE_HEADER
         old: TokenRecord = self.request.refresh_token
         account = self.authenticate_user(old)
         if account is None:
@@ -176,10 +194,19 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
             self.client.client_id, account.username, scope, resource, family_id=old.family_id
         )
         body, issued = self.server.minter.mint(family, with_refresh=True, refresh_scope=old.scope)
-        if not self.server.store.tokens.rotate_refresh_token(old, family, issued):
-            self.server.store.tokens.revoke_family(old.family_id)
-            raise InvalidGrantError("refresh token was already used")
-        return 200, body, self.TOKEN_RESPONSE_HEADER
+        presented = self.request.form["refresh_token"]
+        grace = self.server.minter.lifetimes.refresh_grace
+        if self.server.store.tokens.rotate_refresh_token(
+            old, family, issued, body, presented=presented, grace=grace
+        ):
+            return 200, body, self.TOKEN_RESPONSE_HEADER
+        # Lost a race with another rotation of this token: the same answer if the grace
+        # allows it, otherwise a replay.
+        again = self._answer_again(presented)
+        if again is not None:
+            return 200, again, self.TOKEN_RESPONSE_HEADER
+        self._revoke_replayed(old)
+        raise InvalidGrantError("refresh token was already used")
 
 
 class ClientCredentialsGrant(TokenGrant, grants.ClientCredentialsGrant):
@@ -196,24 +223,34 @@ class ClientCredentialsGrant(TokenGrant, grants.ClientCredentialsGrant):
 
 class TokenExchangeGrant(TokenGrant, grants.BaseGrant, grants.TokenEndpointMixin):
     """RFC 8693 token exchange, for the On-Behalf-Of pattern: a resource server trades the
-    user's token it received for a token to a downstream API. The new token's subject is
-    the user, `act` names the exchanging client, and its scope is never wider than the
-    subject token's. Only clients marked `may_exchange_tokens` in users.yaml may do this."""
+    user's token it received for a token to a downstream API.
+
+    The new token stays inside the user's grant: its subject is the user, `act` names the
+    exchanging client (earlier actors nested inside), its scope is never wider and its
+    lifetime never longer than the subject token's, and it joins the subject token's family,
+    so it is revoked with the subject token or the family. Only the clients users.yaml gives
+    an `exchange:` entry may exchange, only tokens issued for a resource they serve, and only
+    for the audiences listed there."""
 
     GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH
 
     def validate_token_request(self):
         client = self.authenticate_token_endpoint_client()
-        if not (client.check_grant_type(self.GRANT_TYPE) and client.may_exchange_tokens):
+        policy = client.exchange_policy
+        if not (client.check_grant_type(self.GRANT_TYPE) and policy):
             raise UnauthorizedClientError("this client may not exchange tokens")
         form = self.request.payload.data
         check_exchange_token_types(form)
         subject = check_subject_token(
             self.server.store.tokens.find(form.get("subject_token") or "", "access")
         )
+        check_subject_token_is_for_client(subject, policy.serves)
+        check_subject_not_exchanged(subject, policy.accepts_exchanged_tokens)
         target = check_exchange_target(
-            form.get("audience") or self.requested_resource(), self.server.resources
+            form.get("audience") or self.requested_resource(),
+            self.server.resources,
+            policy.audiences,
         )
         scope = exchanged_scope(
             self.request.payload.scope,
@@ -227,9 +264,15 @@ class TokenExchangeGrant(TokenGrant, grants.BaseGrant, grants.TokenEndpointMixin
     def create_token_response(self):
         subject, target, scope = self.request.exchange
         client_id = self.client.client_id
-        family = TokenFamily(client_id, subject.username, scope, target, actor=client_id)
-        body, issued = self.server.minter.mint(family, with_refresh=False)
-        self.server.store.tokens.save_family(family, issued)
+        actors = (client_id, *subject.actors)
+        family = TokenFamily(
+            client_id, subject.username, scope, target, client_id, family_id=subject.family_id
+        )
+        body, issued = self.server.minter.mint(
+            family, with_refresh=False, actors=actors, expires_at_most=subject.expires_at
+        )
+        if not self.server.store.tokens.save_exchanged(subject, family, issued, actors):
+            raise InvalidGrantError("subject_token is not an active access token")
         body["issued_token_type"] = ACCESS_TOKEN_TYPE
         return 200, body, self.TOKEN_RESPONSE_HEADER
 

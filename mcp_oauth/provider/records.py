@@ -7,6 +7,7 @@ nothing more; the stores in storage/ read and write them.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from authlib.oauth2.rfc8628 import DeviceCredentialMixin
 from mcp_oauth.common.scopes import scope_set, scope_str
 from mcp_oauth.provider.client_checks import redirect_uri_matches
 from mcp_oauth.provider.hashed_secrets import secret_matches
+from mcp_oauth.provider.users_file import ExchangePolicy
 
 # Client authentication (RFC 6749 §2.3): a confidential client sends its secret either way.
 CONFIDENTIAL_AUTH = ["client_secret_basic", "client_secret_post"]
@@ -35,6 +37,15 @@ class ClientRecord(ClientMixin):
     @property
     def client_name(self) -> str:
         return self.metadata.get("client_name") or self.client_id
+
+    @property
+    def exchange_policy(self) -> ExchangePolicy | None:
+        """Token exchange rights come from users.yaml only: a self-registered client has none,
+        whatever its metadata says."""
+        policy = self.metadata.get("exchange")
+        if not (self.preregistered and self.may_exchange_tokens and policy):
+            return None
+        return ExchangePolicy.from_metadata(policy)
 
     @property
     def auth_method(self) -> str:
@@ -118,6 +129,16 @@ class TokenRecord(TokenMixin):
     expires_at: int
     revoked_at: int | None
     used_at: int | None
+    subject_hash: str | None = None  # exchanged tokens: the token they were exchanged for
+    actor_chain: str | None = None  # exchanged tokens: JSON list of actors, nearest first
+
+    @property
+    def actors(self) -> tuple[str, ...]:
+        """Who acted, nearest first (RFC 8693 §4.1); empty unless the token came from an
+        exchange."""
+        if self.actor_chain:
+            return tuple(json.loads(self.actor_chain))
+        return (self.actor,) if self.actor else ()
 
     def check_client(self, client: ClientMixin) -> bool:
         return self.client_id == client.get_client_id()

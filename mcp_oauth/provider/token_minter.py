@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from mcp_oauth.provider.records import IssuedToken, TokenFamily
 class TokenLifetimes:
     access: int = 3600
     refresh: int = 30 * 24 * 3600
+    refresh_grace: int = 30  # seconds a rotated refresh token may be retried (0: never)
 
 
 class TokenSubject(Protocol):
@@ -33,13 +35,26 @@ class TokenSubject(Protocol):
     username: str | None
     scope: str
     resource: str | None
-    actor: str | None
 
 
-def token_claims(issuer_url: str, token: TokenSubject, issued_at: int, expires_at: int) -> dict:
+def act_claim(actors: Sequence[str]) -> dict:
+    """RFC 8693 §4.1: the current actor, with the earlier ones nested inside it."""
+    claim = {"sub": actors[0]}
+    if len(actors) > 1:
+        claim["act"] = act_claim(actors[1:])
+    return claim
+
+
+def token_claims(
+    issuer_url: str,
+    token: TokenSubject,
+    issued_at: int,
+    expires_at: int,
+    actors: Sequence[str] = (),
+) -> dict:
     """The claims of an access token: RFC 9068 §2.2 in a JWT, RFC 7662 §2.2 in introspection.
     `sub` is the user, or the client itself for client_credentials; `act` (RFC 8693 §4.1)
-    names the client that exchanged the token."""
+    names the clients that exchanged the token, nearest first."""
     claims = {
         "iss": issuer_url,
         "sub": token.username or token.client_id,
@@ -52,8 +67,8 @@ def token_claims(issuer_url: str, token: TokenSubject, issued_at: int, expires_a
         claims["username"] = token.username
     if token.resource:
         claims["aud"] = token.resource
-    if token.actor:
-        claims["act"] = {"sub": token.actor}
+    if actors:
+        claims["act"] = act_claim(actors)
     return claims
 
 
@@ -73,21 +88,31 @@ class TokenMinter:
         self.signing_key = signing_key
 
     def mint(
-        self, family: TokenFamily, *, with_refresh: bool, refresh_scope: str | None = None
+        self,
+        family: TokenFamily,
+        *,
+        with_refresh: bool,
+        refresh_scope: str | None = None,
+        actors: Sequence[str] = (),
+        expires_at_most: int | None = None,
     ) -> tuple[dict, list[IssuedToken]]:
-        """The token endpoint's JSON answer and the tokens to store, for one family."""
+        """The token endpoint's JSON answer and the tokens to store, for one family. An
+        exchanged token names its `actors` and ends no later than `expires_at_most`, its
+        subject token's end (RFC 8693 §2.2.1 lets the server choose the lifetime)."""
         scope = family.scope
         issued_at = int(time.time())
         access_expires = issued_at + self.lifetimes.access
+        if expires_at_most is not None:
+            access_expires = min(access_expires, expires_at_most)
         if self.access_token_format == "jwt":
-            access = self._jwt_access_token(family, issued_at, access_expires)
+            access = self._jwt_access_token(family, issued_at, access_expires, actors)
         else:
             access = new_secret()
         issued = [IssuedToken(access, "access", access_expires, scope)]
         response = {
             "access_token": access,
             "token_type": "Bearer",
-            "expires_in": self.lifetimes.access,
+            "expires_in": access_expires - issued_at,
             "scope": scope,
         }
         if with_refresh:
@@ -99,8 +124,10 @@ class TokenMinter:
             response["refresh_token"] = refresh
         return response, issued
 
-    def _jwt_access_token(self, family: TokenFamily, issued_at: int, expires_at: int) -> str:
-        claims = token_claims(self.issuer_url, family, issued_at, expires_at)
+    def _jwt_access_token(
+        self, family: TokenFamily, issued_at: int, expires_at: int, actors: Sequence[str]
+    ) -> str:
+        claims = token_claims(self.issuer_url, family, issued_at, expires_at, actors)
         claims["jti"] = str(uuid.uuid4())
         header = {"alg": "RS256", "typ": "at+jwt", "kid": self.signing_key.kid}
         return jwt.encode(header, claims, self.signing_key)

@@ -22,6 +22,36 @@ class Account:
     name: str
 
 
+STARTED_RESOURCES = "OAUTH_RESOURCES"  # in `exchange.serves`: the resources added at start
+
+
+@dataclass(frozen=True)
+class ExchangePolicy:
+    """What a client may do with token exchange (RFC 8693), from its `exchange:` entry:
+    `serves` are the resources it is (a subject token must have been issued for one of them),
+    `audiences` the downstream resources it may ask for, and `accepts_exchanged_tokens`
+    whether a token that is itself the product of an exchange may be exchanged again."""
+
+    serves: frozenset[str]
+    audiences: frozenset[str]
+    accepts_exchanged_tokens: bool = False
+
+    def as_metadata(self) -> dict:
+        return {
+            "serves": sorted(self.serves),
+            "audiences": sorted(self.audiences),
+            "accepts_exchanged_tokens": self.accepts_exchanged_tokens,
+        }
+
+    @classmethod
+    def from_metadata(cls, data: dict) -> ExchangePolicy:
+        return cls(
+            frozenset(data["serves"]),
+            frozenset(data["audiences"]),
+            bool(data.get("accepts_exchanged_tokens", False)),
+        )
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """A client registered in users.yaml rather than through /register."""
@@ -34,7 +64,11 @@ class ClientConfig:
     token_endpoint_auth_method: str
     client_secret: str | None = None
     resource_server: bool = False
-    may_exchange_tokens: bool = False
+    exchange: ExchangePolicy | None = None
+
+    @property
+    def may_exchange_tokens(self) -> bool:
+        return self.exchange is not None
 
 
 @dataclass(frozen=True)
@@ -83,13 +117,42 @@ def _secret_for(entry: dict, path: Path) -> str | None:
     return default
 
 
+def _exchange_policy(
+    entry: dict, path: Path, issuer: str, started: list[str]
+) -> ExchangePolicy | None:
+    """A client's `exchange:` entry. `OAUTH_RESOURCES` in `serves` stands for the resources
+    added at start (--resource, OAUTH_RESOURCES); a path such as `/userinfo` is this
+    provider's own URL. The old `may_exchange_tokens: true` said nothing about which tokens
+    and targets, so it is refused with the fix."""
+    if "may_exchange_tokens" in entry:
+        raise UsersFileError(
+            f"{path}: client {entry['client_id']}: may_exchange_tokens is replaced by "
+            "exchange: {serves: [resource URIs this client is], audiences: [URIs it may ask for]}"
+        )
+    raw = entry.get("exchange")
+    if raw is None:
+        return None
+
+    def uris(key: str) -> frozenset[str]:
+        listed = raw.get(key) or []
+        if not isinstance(listed, list):
+            raise TypeError(f"exchange.{key} must be a list")
+        expanded = [*started] if STARTED_RESOURCES in listed else []
+        expanded += [issuer + uri if uri.startswith("/") else uri for uri in listed]
+        return frozenset(uri for uri in expanded if uri != STARTED_RESOURCES)
+
+    return ExchangePolicy(
+        uris("serves"), uris("audiences"), raw.get("accepts_exchanged_tokens") is True
+    )
+
+
 def scope_catalogue(resources: list[dict]) -> list[str]:
     """Every scope the resources in users.yaml accept, in the order the file lists them."""
     listed = (scope for entry in resources for scope in entry.get("scopes", []))
     return list(dict.fromkeys(listed)) or list(DEFAULT_SCOPES)
 
 
-def load_users_file(path: Path, extra_resources: list[str] = ()) -> UsersFile:
+def load_users_file(path: Path, extra_resources: list[str] = (), issuer: str = "") -> UsersFile:
     raw = read_users_yaml(path)
     try:
         scopes = account_scopes(raw)
@@ -112,7 +175,7 @@ def load_users_file(path: Path, extra_resources: list[str] = ()) -> UsersFile:
                 token_endpoint_auth_method=entry.get("token_endpoint_auth_method", "none"),
                 client_secret=_secret_for(entry, path),
                 resource_server=bool(entry.get("resource_server", False)),
-                may_exchange_tokens=bool(entry.get("may_exchange_tokens", False)),
+                exchange=_exchange_policy(entry, path, issuer, list(extra_resources)),
             )
             for entry in raw.get("clients", [])
         ]

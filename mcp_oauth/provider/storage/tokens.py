@@ -1,11 +1,15 @@
 """Token families and their tokens: stored by hash, rotated and revoked by the database.
 
 A refresh token is rotated by an UPDATE that only matches an unspent row, in the same
-transaction that stores its successors, so two replicas racing on one refresh token get
-exactly one winner. Revoking a family revokes every token in it.
+transaction that stores its successors (and the sealed answer kept for the refresh grace),
+so two replicas racing on one refresh token get exactly one winner. Revoking a family
+revokes every token in it, exchanged tokens included; revoking an access token revokes the
+tokens exchanged for it.
 """
 
 from __future__ import annotations
+
+import json
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
@@ -18,7 +22,8 @@ from mcp_oauth.provider.storage.database import (
     now,
     record_from_row,
 )
-from mcp_oauth.provider.storage.schema import token_families, tokens
+from mcp_oauth.provider.storage.refresh_replies import RefreshReplies
+from mcp_oauth.provider.storage.schema import token_exchanges, token_families, tokens
 
 
 def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToken]) -> None:
@@ -56,16 +61,86 @@ def _insert_tokens(
     )
 
 
+def _lock_family(conn: Connection, family_id: str) -> bool:
+    """Lock the family row for this transaction; False if the family is revoked. Whatever
+    adds tokens to a family or revokes them takes this lock first, so a revocation either
+    happens before (and the addition fails) or after (and also revokes what was added)."""
+    return bool(
+        conn.execute(
+            update(token_families)
+            .where(token_families.c.grant_id == family_id, token_families.c.revoked_at.is_(None))
+            .values(scope=token_families.c.scope)
+        ).rowcount
+    )
+
+
+def _with_exchanged_descendants(conn: Connection, token_hash: str) -> set[str]:
+    """The token and every token exchanged for it, or for those, and so on."""
+    found, frontier = {token_hash}, {token_hash}
+    while frontier:
+        frontier = (
+            set(
+                conn.execute(
+                    select(token_exchanges.c.token_hash).where(
+                        token_exchanges.c.subject_hash.in_(frontier)
+                    )
+                ).scalars()
+            )
+            - found
+        )
+        found |= frontier
+    return found
+
+
 class TokenStore:
     def __init__(self, db: Database):
         self.db = db
+        self.replies = RefreshReplies(db)
 
     def save_family(self, family: TokenFamily, issued: list[IssuedToken]) -> None:
         with self.db.write() as conn:
             insert_family(conn, family, issued)
 
+    def save_exchanged(
+        self,
+        subject: TokenRecord,
+        family: TokenFamily,
+        issued: list[IssuedToken],
+        actors: tuple[str, ...],
+    ) -> bool:
+        """Store a token exchanged for `subject` in the subject's family, atomically with
+        checking that the family and the subject token are still live; False otherwise."""
+        with self.db.write() as conn:
+            if not _lock_family(conn, subject.family_id):
+                return False
+            live = conn.execute(
+                select(tokens.c.token_hash).where(
+                    tokens.c.token_hash == subject.token_hash, tokens.c.revoked_at.is_(None)
+                )
+            ).first()
+            if live is None:
+                return False
+            _insert_tokens(conn, family, issued, now())
+            conn.execute(
+                insert(token_exchanges),
+                [
+                    {
+                        "token_hash": secret_hash(token.value),
+                        "subject_hash": subject.token_hash,
+                        "actors": json.dumps(actors),
+                    }
+                    for token in issued
+                ],
+            )
+            return True
+
     def find(self, value: str, kind: str | None = None) -> TokenRecord | None:
-        query = select(tokens).where(tokens.c.token_hash == secret_hash(value))
+        exchange = token_exchanges.c
+        query = (
+            select(tokens, exchange.subject_hash, exchange.actors.label("actor_chain"))
+            .outerjoin(token_exchanges, exchange.token_hash == tokens.c.token_hash)
+            .where(tokens.c.token_hash == secret_hash(value))
+        )
         if kind:
             query = query.where(tokens.c.kind == kind)
         with self.db.engine.connect() as conn:
@@ -75,24 +150,24 @@ class TokenStore:
         return record_from_row(TokenRecord, row, family_id="grant_id")
 
     def rotate_refresh_token(
-        self, old: TokenRecord, family: TokenFamily, issued: list[IssuedToken]
+        self,
+        old: TokenRecord,
+        family: TokenFamily,
+        issued: list[IssuedToken],
+        answer: dict,
+        *,
+        presented: str,
+        grace: int,
     ) -> bool:
-        """Spend the refresh token and store its successors, atomically.
+        """Spend the refresh token and store its successors, atomically; with a grace,
+        also the answer, sealed under the presented token (refresh_replies.py).
 
-        False when it was spent or revoked already: the caller then revokes the family.
-        The family row is locked first, so a concurrent revocation of the family either
-        happens before (and this fails) or after (and also revokes what this stores).
+        False when it was spent or revoked already: the caller then revokes the family
+        (unless the grace gives the same answer again). The family row is locked first.
         """
+        sealed = self.replies.seal(presented, answer) if grace > 0 else None
         with self.db.write() as conn:
-            live_family = conn.execute(
-                update(token_families)
-                .where(
-                    token_families.c.grant_id == old.family_id,
-                    token_families.c.revoked_at.is_(None),
-                )
-                .values(scope=token_families.c.scope)
-            ).rowcount
-            if not live_family:
+            if not _lock_family(conn, old.family_id):
                 return False
             spent = conn.execute(
                 update(tokens)
@@ -106,6 +181,8 @@ class TokenStore:
             if not spent:
                 return False
             _insert_tokens(conn, family, issued, now())
+            if sealed is not None:
+                self.replies.keep(conn, old.token_hash, old.client_id, answer, sealed, grace)
             return True
 
     def revoke_family(self, family_id: str) -> int:
@@ -126,14 +203,17 @@ class TokenStore:
             ).rowcount
 
     def revoke(self, token: TokenRecord) -> None:
-        """RFC 7009: an access token alone; a refresh token takes its whole family with it."""
+        """RFC 7009: an access token with the tokens exchanged for it (RFC 8693: they act
+        within its grant); a refresh token takes its whole family with it."""
         if token.kind == "refresh":
             self.revoke_family(token.family_id)
             return
         with self.db.write() as conn:
+            _lock_family(conn, token.family_id)
+            revoked = _with_exchanged_descendants(conn, token.token_hash)
             conn.execute(
                 update(tokens)
-                .where(tokens.c.token_hash == token.token_hash, tokens.c.revoked_at.is_(None))
+                .where(tokens.c.token_hash.in_(revoked), tokens.c.revoked_at.is_(None))
                 .values(revoked_at=now())
             )
 

@@ -1,0 +1,91 @@
+"""The refresh grace: the answer to a refresh, kept briefly so a client whose reply was lost
+gets the same tokens again when it retries with the refresh token it presented (RFC 9700
+§4.14.2 weighs this against strict replay detection; the grace is short and configurable).
+
+Tokens are stored only as hashes, so the answer is kept sealed: a JWE (`dir`, `A256GCM`,
+joserfc) under a key derived by HKDF from the presented refresh token, salted with a server
+secret from the database. Only the holder of that refresh token can open it; the database
+alone reveals nothing. A reply is usable until its grace ends, while the token it bought is
+unspent and unrevoked, and only for the client the refresh token was issued to; the janitor
+deletes it after.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from joserfc import jwe
+from joserfc.jwk import OctKey
+from sqlalchemy import and_, delete, insert, select
+from sqlalchemy.engine import Connection
+
+from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
+from mcp_oauth.provider.storage.database import Database, now
+from mcp_oauth.provider.storage.schema import refresh_replies, token_families, tokens
+
+SEALING = {"alg": "dir", "enc": "A256GCM"}
+
+
+class RefreshReplies:
+    def __init__(self, db: Database):
+        self.db = db
+        self._salt = db.server_secret("refresh_reply_salt", new_secret).encode()
+
+    def _key(self, refresh_token: str) -> OctKey:
+        derived = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=self._salt, info=b"refresh reply"
+        ).derive(refresh_token.encode())
+        return OctKey.import_key(derived)
+
+    def seal(self, refresh_token: str, answer: dict) -> str:
+        return jwe.encrypt_compact(SEALING, json.dumps(answer), self._key(refresh_token))
+
+    @staticmethod
+    def keep(
+        conn: Connection, presented_hash: str, client_id: str, answer: dict, sealed: str, grace: int
+    ) -> None:
+        """Inside the rotation's transaction: keep the sealed answer for `grace` seconds, and
+        forget the reply that bought the presented token (once a refresh token is spent, the
+        one before it can no longer be retried)."""
+        conn.execute(
+            delete(refresh_replies).where(refresh_replies.c.successor_hash == presented_hash)
+        )
+        stamp = now()
+        conn.execute(
+            insert(refresh_replies).values(
+                token_hash=presented_hash,
+                successor_hash=secret_hash(answer["refresh_token"]),
+                client_id=client_id,
+                sealed=sealed,
+                created_at=stamp,
+                expires_at=stamp + grace,
+            )
+        )
+
+    def replay(self, refresh_token: str, client_id: str) -> dict | None:
+        """The same answer again, if the grace allows it: within the grace, the same client,
+        the presented token spent but not revoked, and the token it bought still unspent and
+        live. Otherwise None (the caller treats the request as a replay)."""
+        presented, successor = tokens.alias("presented"), tokens.alias("successor")
+        query = (
+            select(refresh_replies.c.sealed, refresh_replies.c.created_at)
+            .join(presented, presented.c.token_hash == refresh_replies.c.token_hash)
+            .join(successor, successor.c.token_hash == refresh_replies.c.successor_hash)
+            .join(token_families, token_families.c.grant_id == presented.c.grant_id)
+            .where(
+                refresh_replies.c.token_hash == secret_hash(refresh_token),
+                refresh_replies.c.client_id == client_id,
+                refresh_replies.c.expires_at > now(),
+                and_(presented.c.revoked_at.is_(None), token_families.c.revoked_at.is_(None)),
+                and_(successor.c.used_at.is_(None), successor.c.revoked_at.is_(None)),
+            )
+        )
+        with self.db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        answer = json.loads(jwe.decrypt_compact(row.sealed, self._key(refresh_token)).plaintext)
+        answer["expires_in"] = max(0, answer["expires_in"] - (now() - row.created_at))
+        return answer
