@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
@@ -39,12 +40,34 @@ from mcp_oauth.resource_server.verified_token import CheckingVerifier, TokenRefu
 log = logging.getLogger(__name__)
 
 
+MAX_BEARER_TOKEN_BYTES = 8192
+"""The longest bearer token checked at all. Our provider's tokens are 43 characters (opaque)
+or about 1 KB (JWT); Entra's are 1–3 KB, more with group claims; 8 KiB is the header line a
+default nginx passes, so no token a proxied deployment can carry is refused here. It is also
+far below the provider's 64 KiB form limit, so a token we forward is never a 413 there."""
+
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
 def bearer_token(scope: Scope) -> str | None:
     """The token of an `Authorization: Bearer` header (RFC 6750 §2.1); None for none or
     another scheme."""
     for name, value in scope["headers"]:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
             return value[7:].decode("latin-1").strip()
+    return None
+
+
+def malformed_token_reason(token: str) -> str | None:
+    """Why `token` cannot be a bearer token at all (RFC 6750 §2.1 `b64token`, at most
+    MAX_BEARER_TOKEN_BYTES); None when it may be one. Checked before any verifier, so such
+    junk never costs a call to the provider nor reaches one as a request it must refuse."""
+    if not token:
+        return "the Authorization header carries an empty bearer token"
+    if len(token) > MAX_BEARER_TOKEN_BYTES:
+        return f"the bearer token is longer than {MAX_BEARER_TOKEN_BYTES} bytes"
+    if not B64TOKEN.fullmatch(token):
+        return "the bearer token has characters RFC 6750 does not allow (b64token)"
     return None
 
 
@@ -96,8 +119,8 @@ class OAuthGate:
                 return None
             return self.challenges.unauthorized(requirement)
         try:
-            if not token:
-                raise TokenRefused("the Authorization header carries an empty bearer token")
+            if reason := malformed_token_reason(token):
+                raise TokenRefused(reason)
             access = await self.verifier.check(token)
         except ProviderUnavailable as exc:
             return unavailable(exc)

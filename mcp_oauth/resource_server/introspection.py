@@ -6,7 +6,10 @@ The rules, and why:
 - A positive answer is reused for min(configured TTL, time left until the token's `exp`): a
   revoked token keeps working at most one TTL, an expired one never.
 - Refusals are cached briefly, with their reason, so a client retrying a dead token cannot
-  hammer the provider and still learns why it was refused.
+  hammer the provider and still learns why it was refused. They live in a cache of their own:
+  a flood of junk tokens can only evict other refusals, never a user's accepted token.
+- A provider that will not introspect one token (a 400 or 413 about that request) refuses
+  that token; it is no outage, so it cannot pause checks of everyone else's tokens.
 - Concurrent checks of one uncached token share a single introspection request.
 - `aud` must name this resource (RFC 8707) and `iss` must be our provider: a token minted for
   another service, or by another issuer, is refused even though it is active.
@@ -26,7 +29,11 @@ from cachetools import TLRUCache
 from fastmcp.server.auth import AccessToken
 
 from mcp_oauth.resource_server.caches import hashed_key, lifetime_cache
-from mcp_oauth.resource_server.provider_discovery import Provider, ProviderUnavailable
+from mcp_oauth.resource_server.provider_discovery import (
+    IntrospectionRefused,
+    Provider,
+    ProviderUnavailable,
+)
 from mcp_oauth.resource_server.verified_token import (
     CheckingVerifier,
     TokenRefused,
@@ -84,7 +91,8 @@ class IntrospectionVerifier(CheckingVerifier):
         self.resource_url = resource_url
         self.cache_ttl = cache_ttl
         self.refusal_ttl = refusal_ttl
-        self._cache: TLRUCache[bytes, _Entry] = lifetime_cache(cache_size, clock)
+        self._accepted: TLRUCache[bytes, _Entry] = lifetime_cache(cache_size, clock)
+        self._refused: TLRUCache[bytes, _Entry] = lifetime_cache(cache_size, clock)
         self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
         self.counters = {
             "cache_hits": 0,
@@ -98,7 +106,7 @@ class IntrospectionVerifier(CheckingVerifier):
         """What the token grants; raises TokenRefused, or ProviderUnavailable on provider
         trouble. Concurrent first checks of one token share one introspection (single flight)."""
         key = hashed_key(token)
-        entry = self._cache.get(key)
+        entry = self._accepted.get(key) or self._refused.get(key)
         if entry is not None:
             self.counters["cache_hits"] += 1
         else:
@@ -117,23 +125,13 @@ class IntrospectionVerifier(CheckingVerifier):
     async def _introspect(self, token: str, key: bytes) -> _Entry:
         try:
             self.counters["introspections"] += 1
-            try:
-                answer = await self.provider.introspect(token)
-            except ProviderUnavailable:
-                self.counters["introspection_failures"] += 1
-                raise
-            issuer = (await self.provider.metadata()).issuer
-            now = time.time()
-            reason = refusal(answer, resource=self.resource_url, issuer=issuer, now=now)
+            answer, reason = await self._answer(token)
             if reason is None:
-                entry = _Entry(
-                    VerifiedToken.from_introspection(answer, self.resource_url),
-                    "",
-                    entry_lifetime(self.cache_ttl, answer.get("exp"), now),
-                )
+                lifetime = entry_lifetime(self.cache_ttl, answer.get("exp"), time.time())
+                verified = VerifiedToken.from_introspection(answer, self.resource_url)
+                entry = self._accepted[key] = _Entry(verified, "", lifetime)
             else:
-                entry = _Entry(None, reason, self.refusal_ttl)
-            self._cache[key] = entry
+                entry = self._refused[key] = _Entry(None, reason, self.refusal_ttl)
             log.info(
                 "Introspected a token: %s; counters %s",
                 "accepted" if reason is None else "refused",
@@ -143,7 +141,24 @@ class IntrospectionVerifier(CheckingVerifier):
         finally:
             del self._inflight[key]
 
+    async def _answer(self, token: str) -> tuple[dict[str, Any], str | None]:
+        """The provider's answer about `token`, and why it does not admit it (None if it does)."""
+        try:
+            answer = await self.provider.introspect(token)
+        except ProviderUnavailable:
+            self.counters["introspection_failures"] += 1
+            raise
+        except IntrospectionRefused as exc:
+            return {}, str(exc)
+        issuer = (await self.provider.metadata()).issuer
+        return answer, refusal(answer, resource=self.resource_url, issuer=issuer, now=time.time())
+
     def metrics(self) -> dict[str, int]:
         """Cache and introspection counters since start."""
-        self._cache.expire()
-        return {**self.counters, "cache_entries": len(self._cache)}
+        self._accepted.expire()
+        self._refused.expire()
+        return {
+            **self.counters,
+            "cache_entries": len(self._accepted),
+            "refusal_entries": len(self._refused),
+        }

@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
-from mcp_oauth.common.oauth_errors import refusal_reason
+from mcp_oauth.common.oauth_errors import oauth_error, refusal_reason
+from mcp_oauth.common.text import printable
 from mcp_oauth.resource_server.fastmcp_internals import metadata_discovery_urls
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,37 @@ class ProviderUnavailable(ProviderError):
     def __init__(self, reason: str, retry_after: int):
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class IntrospectionRefused(ProviderError):
+    """The provider would not introspect this one token: a refusal of the token, which says
+    nothing about the provider's health or this server's credentials."""
+
+
+CREDENTIAL_ERRORS = ("invalid_client", "unauthorized_client")
+
+
+def blames_the_token(status: int, error: str | None) -> bool:
+    """Whether a non-200 introspection answer refuses the token it was asked about: a 400, 413
+    or 414 (the request carrying it was bad or too big). Not when it names this server's
+    client authentication (RFC 7662 §2.1; RFC 6749 §5.2 `invalid_client`, which some providers
+    send with a 400), nor a 401/403 (our credentials), 404/405 (a wrong endpoint) or 429 (the
+    provider asks this server to slow down): those are outages for every token alike."""
+    return status in (400, 413, 414) and error not in CREDENTIAL_ERRORS
+
+
+def introspection_outage(status: int, error: str | None) -> str:
+    """What the operator should read in the log when introspection answers `status` for
+    reasons that are not the token's (see blames_the_token)."""
+    said = f"HTTP {status}" + (f" {error}" if error else "")
+    if status in (401, 403) or error in CREDENTIAL_ERRORS:
+        return (
+            f"introspection refused this server's own credentials ({said}); "
+            "check MCP_RS_CLIENT_ID and MCP_RS_CLIENT_SECRET"
+        )
+    if status == 429:
+        return f"introspection is rate limited ({said}): the provider asks us to slow down"
+    return f"introspection answered {said}; check the provider's introspection_endpoint"
 
 
 @dataclass(frozen=True)
@@ -173,21 +205,24 @@ class Provider:
         raise self._unavailable("no usable metadata: " + "; ".join(problems))
 
     async def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662 answer for `token`; raises ProviderUnavailable rather than guess."""
+        """RFC 7662 answer for `token`; raises IntrospectionRefused when the provider refuses
+        to look at that token, ProviderUnavailable for anything else rather than guess."""
         metadata = await self.metadata()
         endpoint = metadata.introspection_endpoint
         if endpoint is None:  # the verifier choice prevents this; never guess an endpoint
             raise ProviderUnavailable(f"{metadata.issuer} has no introspection_endpoint", 30)
         data = {"token": token, "token_type_hint": "access_token"}
         response = await self._send("POST", endpoint, data=data)
-        if response.status_code != 200:
-            # Our own credentials were refused: a configuration problem, never the user's,
-            # so it is reported as an outage and no client is sent to log in again.
-            raise self._unavailable(
-                f"introspection answered {response.status_code}; "
-                "check MCP_RS_CLIENT_ID and MCP_RS_CLIENT_SECRET"
-            )
-        return self._json_object(response)
+        if response.status_code == 200:
+            return self._json_object(response)
+        error = oauth_error(response)
+        code = printable(error[0], 40) if error else None
+        if blames_the_token(response.status_code, code):
+            # The provider's description is not repeated: it may quote the token.
+            said = f"HTTP {response.status_code}" + (f" {code}" if code else "")
+            raise IntrospectionRefused(f"{metadata.issuer} would not introspect it ({said})")
+        # Not the token's fault: no client is sent to log in again (that would loop).
+        raise self._unavailable(introspection_outage(response.status_code, code))
 
     async def token(
         self, form: dict[str, str], *, credentials_in_body: bool = False
