@@ -54,6 +54,7 @@ from mcp_oauth.provider.metadata import server_metadata, well_known_paths
 from mcp_oauth.provider.pages import message_page
 from mcp_oauth.provider.passwords import hash_password
 from mcp_oauth.provider.sign_in import SignIn
+from mcp_oauth.provider.storage.sessions import SESSION_LIFETIME
 from mcp_oauth.provider.storage.store import Store
 from mcp_oauth.provider.token_minter import TokenLifetimes, TokenMinter
 from mcp_oauth.provider.userinfo import Userinfo
@@ -220,7 +221,7 @@ def authorization_server(
 
 
 def routes(server: AuthorizationServer) -> list[BaseRoute]:
-    sign_in = SignIn(server.accounts, server.store.login_throttle)
+    sign_in = SignIn(server.accounts, server.store.login_throttle, server.store.sessions)
     admin = AdminApi(server)
     userinfo = Userinfo(f"{server.issuer_url}/userinfo", server.store.tokens, server.accounts)
 
@@ -289,7 +290,7 @@ def build_app(settings: argparse.Namespace) -> Starlette:
                 SessionMiddleware,
                 secret_key=session_secret,
                 session_cookie="oauth_session",
-                max_age=8 * 3600,
+                max_age=SESSION_LIFETIME,
                 same_site="lax",
                 https_only=settings.issuer.startswith("https://"),
             ),

@@ -61,7 +61,8 @@ def auth_params(
 
 
 def redirect_query(response: httpx.Response) -> dict:
-    assert response.status_code == 302, response.text
+    """The query of a redirect to the client: 302 after a GET, 303 after the consent POST."""
+    assert response.status_code in (302, 303), response.text
     return {k: v[0] for k, v in parse_qs(urlsplit(response.headers["location"]).query).items()}
 
 

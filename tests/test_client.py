@@ -203,7 +203,7 @@ def test_headless_sign_in_discovers_everything_from_the_401(user, stack):
         r"client → provider  POST \S+/register",
         r"client → provider  GET \S+/authorize\?response_type=code&client_id=\S+"
         r"&code_challenge=\S+&code_challenge_method=S256&resource=\S+&scope=write",
-        r"client ← provider  302 Found  Location: \S+/callback\?code=‹redacted›&state=\S+&iss=",
+        r"client ← provider  303 See Other  Location: \S+/callback\?code=‹redacted›&state=\S+&iss=",
         r"client → provider  POST \S+/token  grant_type=authorization_code code=‹redacted› "
         r"redirect_uri=\S+ code_verifier=‹redacted› resource=" + re.escape(stack.mcp_url),
         r"client → MCP server  POST \S+/mcp  Authorization: Bearer ‹redacted›  MCP tools/call",

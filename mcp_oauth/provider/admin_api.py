@@ -1,6 +1,8 @@
 """/admin/*: what resource-server clients (an admin tool) may see and do, client-authenticated.
 
-The API's public words stay as clients know them: "grants" here are token families.
+The API's public words stay as clients know them: "grants" here are token families. Its
+answers carry Authlib's JSON headers, `Cache-Control: no-store` among them: who holds access
+is for no cache to keep.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class AdminApi:
         if refused:
             return refused
         families = await run_in_threadpool(self.server.store.tokens.live_families)
-        return JSONResponse({"grants": families})
+        return JSONResponse({"grants": families}, headers=dict(self.server.json_headers))
 
     async def revoke_user(self, request: Request) -> Response:
         """Revoke every token family of one user."""
@@ -47,8 +49,12 @@ class AdminApi:
         username = params.get("username", "")
         if username not in self.server.accounts:
             return JSONResponse(
-                {"error": "invalid_request", "error_description": "unknown username"}, 400
+                {"error": "invalid_request", "error_description": "unknown username"},
+                400,
+                dict(self.server.json_headers),
             )
         revoked = await run_in_threadpool(self.server.store.tokens.revoke_user, username)
         log.info("admin API: revoked %d tokens of %s", revoked, username)
-        return JSONResponse({"username": username, "revoked": revoked})
+        return JSONResponse(
+            {"username": username, "revoked": revoked}, headers=dict(self.server.json_headers)
+        )

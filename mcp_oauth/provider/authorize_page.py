@@ -4,7 +4,7 @@ consent page, and the decision goes back to the client's redirect URI with `iss`
 
 from __future__ import annotations
 
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import OAuth2Error
@@ -35,17 +35,18 @@ class AuthorizePage:
     def __init__(self, server: AuthorizationServer):
         self.server = server
 
-    def client_redirect(self, location: str) -> Response:
-        """Every redirect back to a client carries `iss` (RFC 9207)."""
+    def client_redirect(self, request: Request, location: str) -> Response:
+        """Every redirect back to a client carries `iss` (RFC 9207); one answering the
+        consent form's POST is a 303, so the browser follows it with a GET (RFC 9700 §4.12)."""
         location = add_params_to_uri(location, [("iss", self.server.issuer_url)])
-        return RedirectResponse(location, status_code=302)
+        return RedirectResponse(location, status_code=303 if request.method == "POST" else 302)
 
     def oauth_error(self, request: Request, error: OAuth2Error, *, redirect: bool) -> Response:
         """Redirect the error to the client only when allowed (`may_redirect_error`);
         otherwise show it here."""
         if error.redirect_uri and redirect:
             status, _, headers = error()
-            return self.client_redirect(dict(headers)["Location"])
+            return self.client_redirect(request, dict(headers)["Location"])
         return invalid_link_page(request, error.description or error.error)
 
     async def validated(self, request: Request, oauth_request, account):
@@ -71,13 +72,13 @@ class AuthorizePage:
             return self.oauth_error(request, error, redirect=False)
         if request.method == "POST":
             return await self.decide(request, oauth_request)
-        account = signed_in(request, self.server.accounts)
+        account = await signed_in(request, self.server.accounts, self.server.store.sessions)
         grant, problem = await self.validated(request, oauth_request, account)
         if problem:
             return problem
         if account is None:
             target = f"/authorize?{request.url.query}"
-            return login_page(request, target, client_name=grant.client.client_name)
+            return login_page(request, target, client=grant.client)
         return consent_page(
             request,
             client=grant.client,
@@ -86,7 +87,7 @@ class AuthorizePage:
             resource=self.server.resources.get(oauth_request.resource or ""),
             params=oauth_request.payload.items,
             action="/authorize",
-            redirect_host=urlsplit(oauth_request.payload.redirect_uri).netloc,
+            redirect_uri=oauth_request.payload.redirect_uri,
         )
 
     async def decide(self, request: Request, oauth_request) -> Response:
@@ -94,7 +95,7 @@ class AuthorizePage:
         if not csrf_ok(request, form):
             return expired_form_page(request)
         params = [(k, v) for k, v in oauth_request.payload.items if k not in FORM_FIELDS]
-        account = signed_in(request, self.server.accounts)
+        account = await signed_in(request, self.server.accounts, self.server.store.sessions)
         if account is None:
             return login_page(request, "/authorize?" + urlencode(params))
         oauth_request = self.server.make_request("POST", "/authorize", request, params)
@@ -113,4 +114,4 @@ class AuthorizePage:
             return message_page(
                 request, 400, "Something was wrong with this request", response.body.decode()
             )
-        return self.client_redirect(location)
+        return self.client_redirect(request, location)

@@ -5,6 +5,8 @@ register (RFC 7591). Request parameters are checked in checks.py."""
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import OAuth2Error
@@ -14,6 +16,8 @@ from mcp_oauth.common.text import printable
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+SCHEME_AND_AUTHORITY = re.compile(r"[^:]*://[^/?#]*")
+LOOPBACK_PORT = re.compile(r"[1-9][0-9]{0,4}")
 MAX_CLIENT_NAME = 200
 # Registration metadata (RFC 7591 §2) this server reads, and the JSON type each must have.
 METADATA_TYPES: dict[str, type] = {
@@ -33,6 +37,7 @@ METADATA_TYPES: dict[str, type] = {
     "software_version": str,
     "jwks": dict,
 }
+JSON_TYPE_NAMES = {list: "array", str: "string", dict: "object"}
 
 
 class InvalidRedirectUri(OAuth2Error):
@@ -58,26 +63,19 @@ def is_loopback_redirect(uri: str) -> bool:
 
 def redirect_uri_matches(registered: str, requested: str) -> bool:
     """Exact string match (RFC 9700 §4.1.3), except that a registered loopback redirect URI
-    without a port matches the same URI with any port (RFC 8252 §7.3). Everything but the
-    port is still compared as an exact string, so userinfo, case, path or query tricks fail."""
+    without a port matches the same URI with any port (RFC 8252 §7.3): the requested URI must
+    be the registered string with `:port` (1-65535, no leading zero) inserted after the host,
+    and nothing else may differ, not the case of the scheme, nor an empty query or fragment."""
     if requested == registered:
         return True
-    if not is_loopback_redirect(registered):
+    if not is_loopback_redirect(registered) or urlsplit(registered).port is not None:
         return False
-    try:
-        want, got = urlsplit(registered), urlsplit(requested)
-        port = got.port
-    except ValueError:
+    authority_end = SCHEME_AND_AUTHORITY.match(registered).end()
+    before, after = registered[:authority_end], registered[authority_end:]
+    if not (requested.startswith(before + ":") and requested.endswith(after)):
         return False
-    if port is None or got.fragment:
-        return False
-    netloc_without_port = got.netloc[: got.netloc.rfind(":")]
-    return (
-        got.scheme == want.scheme
-        and netloc_without_port == want.netloc
-        and got.path == want.path
-        and got.query == want.query
-    )
+    port = requested[len(before) + 1 : len(requested) - len(after)]
+    return LOOPBACK_PORT.fullmatch(port) is not None and int(port) <= 65535
 
 
 def redirect_uri_problem(uri: str) -> str | None:
@@ -115,17 +113,18 @@ def may_redirect_error(client, redirect_uri: str | None) -> bool:
 
 def check_metadata_types(data: dict) -> None:
     """RFC 7591 §2: each metadata value has its JSON type (Authlib's claim checks assume
-    them); a client name is shown to users, so it is kept short."""
-    if len(data.get("client_name") or "") > MAX_CLIENT_NAME:
-        raise InvalidClientMetadata(f"client_name may have at most {MAX_CLIENT_NAME} characters")
+    them), and a client_name is one `registered_client_name` accepts (the imitation check
+    needs the operator's names and runs where the name is stored)."""
     for name, expected in METADATA_TYPES.items():
         if name not in data:
             continue
         value = data[name]
         if not isinstance(value, expected):
-            raise InvalidClientMetadata(f"{name} must be a JSON {expected.__name__}")
+            raise InvalidClientMetadata(f"{name} must be a JSON {JSON_TYPE_NAMES[expected]}")
         if expected is list and not all(isinstance(item, str) for item in value):
             raise InvalidClientMetadata(f"{name} must be a list of strings")
+    if "client_name" in data:
+        registered_client_name(data["client_name"], ())
 
 
 def check_registered_auth_method(method: str, supported: list[str]) -> None:
@@ -165,3 +164,55 @@ def registered_scope(scope: str | None, supported: list[str]) -> str:
     if unknown:
         raise InvalidClientMetadata(f"unknown scope: {printable(scope_str(unknown))}")
     return scope_str(requested)
+
+
+# -- client names (RFC 7591 §5: shown to users, chosen by anyone) -----------------------------
+
+# Control, format (bidi overrides, zero-width), private-use, surrogate and unassigned
+# characters, and line or paragraph separators: none belongs in a name a person reads.
+HIDDEN_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
+# Scripts that may mix with each other and with Latin (Japanese, Korean and Chinese names
+# do); any other mix, such as Cyrillic or Greek letters among Latin ones, is a look-alike.
+MIXABLE_SCRIPTS = {"CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "HANGUL"}
+
+
+def letter_scripts(name: str) -> set[str]:
+    """The scripts of a name's letters, as the first word of their Unicode names."""
+    return {unicodedata.name(ch, "?").split(" ")[0] for ch in name if ch.isalpha()}
+
+
+def name_skeleton(name: str) -> str:
+    """What a reader compares: letters and digits, case and compatibility forms folded."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", name).casefold() if ch.isalnum())
+
+
+def imitates(skeleton: str, operator_skeleton: str) -> bool:
+    """One name is the other, or holds it or most of it ("Acme" and "Acme official", "MCP
+    client" and "MCP client (desktop)"): at least half of the longer one."""
+    shorter, longer = sorted((skeleton, operator_skeleton), key=len)
+    return bool(shorter) and shorter in longer and 2 * len(shorter) >= len(longer)
+
+
+def registered_client_name(name: str, operator_names: Iterable[str]) -> str:
+    """The client_name a self-registering client may have (RFC 7591 §5: it is shown to users
+    and anyone may choose it): NFKC-normalised with runs of whitespace made one space, at most
+    MAX_CLIENT_NAME characters; refused when it hides characters (control, bidi, zero-width),
+    mixes look-alike scripts, or imitates the name of a client the operator registered."""
+    name = unicodedata.normalize("NFKC", name)
+    if any(unicodedata.category(ch) in HIDDEN_CATEGORIES for ch in name):
+        raise InvalidClientMetadata(
+            "client_name must not contain control, formatting (bidi, zero-width) or "
+            "unassigned characters"
+        )
+    name = " ".join(name.split())
+    if len(name) > MAX_CLIENT_NAME:
+        raise InvalidClientMetadata(f"client_name may have at most {MAX_CLIENT_NAME} characters")
+    scripts = letter_scripts(name) - MIXABLE_SCRIPTS
+    if len(scripts) > 1:
+        raise InvalidClientMetadata(
+            f"client_name mixes letters of several scripts ({', '.join(sorted(scripts))})"
+        )
+    skeleton = name_skeleton(name)
+    if any(imitates(skeleton, name_skeleton(known)) for known in operator_names):
+        raise InvalidClientMetadata("client_name imitates a client registered by the operator")
+    return name

@@ -3,10 +3,13 @@ for which resource and scopes, and whether the client's name is only self-chosen
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mcp_oauth.provider.pages import csrf_token, templates
+from mcp_oauth.provider.http_hardening import page_policy
+from mcp_oauth.provider.pages import client_description, csrf_token, templates
 from mcp_oauth.provider.records import ClientRecord
 from mcp_oauth.provider.users_file import Account, Resource, receivable_scopes
 
@@ -26,21 +29,27 @@ def consent_page(
     resource: Resource | None,
     params: list[tuple[str, str]],
     action: str,
-    redirect_host: str = "",
+    redirect_uri: str = "",
+    user_code: str = "",
 ) -> Response:
     """Ask `account` to let `client` act for it. Only the scopes it may receive are offered
-    (the rest are listed as unavailable). A client that registered itself (RFC 7591) is
-    marked: anyone can register any name (RFC 7591 §5)."""
+    (the rest are listed as unavailable); a self-registered client is marked
+    (`client_description`). The decision on a validated `redirect_uri` is redirected there,
+    so the page's form-action allows that origin too (`page_policy`). For a device (RFC 8628
+    §5.4, remote phishing) the page shows the user code to compare with the device's and
+    says to go on only for a device in your hands."""
     offered = receivable_scopes(requested, account, resource)
+    redirect = urlsplit(redirect_uri)
+    redirect_origin = f"{redirect.scheme}://{redirect.netloc}" if redirect_uri else ""
     return templates.TemplateResponse(
         request,
         "consent.html",
         {
             "title": "Allow access?",
-            "client_name": client.client_name,
-            "unverified": not client.preregistered,
+            **client_description(client),
+            "user_code": user_code,
             "username": account.username,
-            "redirect_host": redirect_host,
+            "redirect_host": redirect.netloc,
             "resource": resource.uri if resource else None,
             "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, "")) for s in sorted(offered)],
             "unavailable": sorted(requested - offered),
@@ -48,4 +57,7 @@ def consent_page(
             "params": params,
             "action": action,
         },
+        headers={"Content-Security-Policy": page_policy(redirect_origin)}
+        if redirect_origin
+        else None,
     )

@@ -34,7 +34,7 @@ class DevicePage:
         self.server = server
 
     async def serve(self, request: Request) -> Response:
-        account = signed_in(request, self.server.accounts)
+        account = await signed_in(request, self.server.accounts, self.server.store.sessions)
         if request.method == "GET":
             user_code = request.query_params.get("user_code", "")[:20]
             if account is None:
@@ -64,6 +64,7 @@ class DevicePage:
                 resource=resource,
                 params=[("user_code", record.user_code)],
                 action="/device",
+                user_code=record.user_code,
             )
         return await self.decide(request, record, account, form["decision"] == "approve")
 

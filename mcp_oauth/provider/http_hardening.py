@@ -1,22 +1,36 @@
 """ASGI middleware every provider response passes through: a request-body size limit and
-the security headers browsers need on our HTML pages (RFC 9700 §4.16: no framing)."""
+the security headers browsers need on our HTML pages (RFC 9700 §4.16: no framing). A page
+may set a header itself (the consent page widens `form-action`, see `page_policy`)."""
 
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_oauth.common.asgi_body import read_body, replay
 
 MAX_BODY_BYTES = 64 * 1024
+CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]+)?|http://\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
+
+
+def page_policy(*form_targets: str) -> str:
+    """The pages' Content-Security-Policy: nothing but our stylesheet, no framing, and forms
+    that post only to this server, or to the origins given. (Browsers apply form-action to
+    the redirects after a form's POST too, so the consent page names the client's redirect
+    URI origin: its decision is redirected there.) An origin that is not plainly
+    scheme://host[:port] is left out rather than let it write CSP syntax."""
+    origins = [origin for origin in form_targets if CSP_ORIGIN.fullmatch(origin)]
+    sources = " ".join(("'self'", *origins))
+    return (
+        "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; "
+        f"base-uri 'none'; form-action {sources}"
+    )
+
 
 HTML_HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; "
-        b"base-uri 'none'",
-    ),
+    (b"content-security-policy", page_policy().encode()),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
@@ -45,7 +59,8 @@ class HardeningMiddleware:
                 headers.append((b"x-content-type-options", b"nosniff"))
                 content_type = dict(headers).get(b"content-type", b"")
                 if content_type.startswith(b"text/html"):
-                    headers.extend(HTML_HEADERS)
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(h for h in HTML_HEADERS if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 

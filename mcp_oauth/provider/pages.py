@@ -1,9 +1,11 @@
 """What every page a person sees shares: the templates, the CSRF token, the signed-in account,
 the sign-in form and the human error pages.
 
-The signed session cookie (Starlette's SessionMiddleware, itsdangerous) remembers who signed
-in and holds the CSRF token every form must echo. The pages themselves: sign_in.py,
-authorize_page.py, device_page.py, and consent.py for the consent page both flows show.
+The signed session cookie (Starlette's SessionMiddleware, itsdangerous) holds the CSRF token
+every form must echo and, once someone signed in, the id of their session row
+(storage/sessions.py), which says who it is until it expires or they sign out. The pages
+themselves: sign_in.py, authorize_page.py, device_page.py, and consent.py for the consent
+page both flows show.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import hmac
 import secrets
 from pathlib import Path
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from mcp_oauth.provider.records import ClientRecord
+from mcp_oauth.provider.storage.sessions import SessionStore
 from mcp_oauth.provider.users_file import Account
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -34,9 +39,16 @@ def csrf_ok(request: Request, form: dict) -> bool:
     return bool(expected) and hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def signed_in(request: Request, accounts: dict[str, Account]) -> Account | None:
-    """The account this browser signed in as, if it still exists in users.yaml."""
-    return accounts.get(request.session.get("user", ""))
+async def signed_in(
+    request: Request, accounts: dict[str, Account], sessions: SessionStore
+) -> Account | None:
+    """The account this browser signed in as, while its session lives and the account still
+    exists in users.yaml."""
+    session_id = request.session.get("sid")
+    if not session_id:
+        return None
+    username = await run_in_threadpool(sessions.username, session_id)
+    return accounts.get(username or "")
 
 
 def message_page(
@@ -72,6 +84,15 @@ def invalid_link_page(request: Request, message: str) -> Response:
     )
 
 
+def client_description(client: ClientRecord | None) -> dict:
+    """What the sign-in and consent pages say about the client (templates/client.html): its
+    name, and whether only the client itself chose that name (it registered itself, RFC 7591
+    §5: anyone can register any name)."""
+    if client is None:
+        return {"client_name": "", "unverified": False}
+    return {"client_name": client.client_name, "unverified": not client.preregistered}
+
+
 def login_page(
     request: Request,
     next_target: str,
@@ -79,7 +100,7 @@ def login_page(
     error: str = "",
     username: str = "",
     status: int = 200,
-    client_name: str = "",
+    client: ClientRecord | None = None,
 ) -> Response:
     return templates.TemplateResponse(
         request,
@@ -90,7 +111,7 @@ def login_page(
             "next": next_target,
             "error": error,
             "username": username,
-            "client_name": client_name,
+            **client_description(client),
         },
         status_code=status,
     )

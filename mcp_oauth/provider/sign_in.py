@@ -1,11 +1,11 @@
-"""/login and /logout. Sign-in failures are throttled per account and per client address
-(storage/login_throttle.py), with the same message for an unknown user and a wrong password
-(and the same argon2 cost, see passwords.py)."""
+"""/login and /logout. Sign-in attempts are throttled per account and per client address, each
+reserved before its password is checked (storage/login_throttle.py), with the same message
+for an unknown user and a wrong password (and the same argon2 cost, see passwords.py). A
+sign-in starts a session row (storage/sessions.py) that signing out deletes."""
 
 from __future__ import annotations
 
 import secrets
-import time
 
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from starlette.concurrency import run_in_threadpool
@@ -16,10 +16,8 @@ from mcp_oauth.provider.oauth_request import read_parameters
 from mcp_oauth.provider.pages import csrf_ok, expired_form_page, login_page, message_page
 from mcp_oauth.provider.passwords import verify_password
 from mcp_oauth.provider.storage.login_throttle import LoginThrottle
+from mcp_oauth.provider.storage.sessions import SessionStore
 from mcp_oauth.provider.users_file import Account
-
-FREE_LOGIN_FAILURES = 5
-MAX_LOGIN_BACKOFF = 300
 
 
 def safe_next(target: str) -> str:
@@ -31,11 +29,11 @@ def safe_next(target: str) -> str:
 
 class SignIn:
     def __init__(
-        self, accounts: dict[str, Account], throttle: LoginThrottle, backoff_base: float = 2.0
+        self, accounts: dict[str, Account], throttle: LoginThrottle, sessions: SessionStore
     ):
         self.accounts = accounts
         self.throttle = throttle
-        self.backoff_base = backoff_base
+        self.sessions = sessions
 
     async def login(self, request: Request) -> Response:
         try:
@@ -59,8 +57,8 @@ class SignIn:
             )
         client_address = request.client.host if request.client else "unknown"
         keys = [f"user:{username.lower()}", f"addr:{client_address}"]
-        wait = await run_in_threadpool(self.wait_seconds, keys)
-        if wait > 0:
+        if not await run_in_threadpool(self.throttle.reserve, keys):
+            wait = max(1, await run_in_threadpool(self.throttle.wait_seconds, keys))
             return login_page(
                 request,
                 next_target,
@@ -72,7 +70,6 @@ class SignIn:
         password_hash = account.password_hash if account else None
         ok = await run_in_threadpool(verify_password, password_hash, form.get("password", ""))
         if not ok:
-            await run_in_threadpool(self.throttle.record_failure, keys)
             return login_page(
                 request,
                 next_target,
@@ -80,28 +77,12 @@ class SignIn:
                 status=401,
                 error="Wrong username or password.",
             )
-        await run_in_threadpool(self.throttle.clear, keys[:1])
-        request.session.clear()
-        request.session.update(
-            {
-                "user": account.username,
-                "auth_time": int(time.time()),
-                "csrf": secrets.token_urlsafe(32),
-            }
-        )
+        await run_in_threadpool(self.throttle.signed_in, *keys)
+        await self.end_session(request)  # whoever was signed in here before is signed out
+        session_id = await run_in_threadpool(self.sessions.start, account.username)
+        # a new CSRF token and session id: no fixation
+        request.session.update({"sid": session_id, "csrf": secrets.token_urlsafe(32)})
         return RedirectResponse(next_target, status_code=303)
-
-    def wait_seconds(self, keys: list[str]) -> int:
-        """Seconds to wait before the next attempt: none for the first few failures, then
-        doubling with every failure, up to five minutes."""
-        wait = 0.0
-        for failures, last_failure_at in self.throttle.failures(keys):
-            if failures >= FREE_LOGIN_FAILURES:
-                backoff = min(
-                    self.backoff_base ** (failures - FREE_LOGIN_FAILURES + 1), MAX_LOGIN_BACKOFF
-                )
-                wait = max(wait, last_failure_at + backoff - time.time())
-        return int(wait + 0.999)
 
     async def logout(self, request: Request) -> Response:
         try:
@@ -110,5 +91,12 @@ class SignIn:
             form = {}
         if not csrf_ok(request, form):
             return expired_form_page(request)
-        request.session.clear()
+        await self.end_session(request)
         return message_page(request, 200, "Signed out", "You are signed out.", is_error=False)
+
+    async def end_session(self, request: Request) -> None:
+        """Delete this browser's session row, so no copy of its cookie is signed in any
+        more, and forget the cookie's contents."""
+        if request.session.get("sid"):
+            await run_in_threadpool(self.sessions.end, request.session["sid"])
+        request.session.clear()

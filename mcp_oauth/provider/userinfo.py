@@ -6,6 +6,7 @@ refused here and must be exchanged first (RFC 8693, the resource server's On-Beh
 
 from __future__ import annotations
 
+from authlib.consts import default_json_headers
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,6 +14,9 @@ from starlette.responses import JSONResponse, Response
 from mcp_oauth.provider.records import TokenRecord
 from mcp_oauth.provider.storage.tokens import TokenStore
 from mcp_oauth.provider.users_file import Account
+
+# A user's profile is not for caches (RFC 6750 §5.3 treats responses with tokens alike).
+NO_STORE = dict(default_json_headers)
 
 
 def token_problem(record: TokenRecord | None, audience: str) -> str | None:
@@ -41,7 +45,7 @@ class Userinfo:
             return JSONResponse(
                 {"error": "invalid_token", "error_description": problem},
                 401,
-                {"WWW-Authenticate": challenge},
+                {**NO_STORE, "WWW-Authenticate": challenge},
             )
         account = self.accounts.get(record.username or "")
         body = {
@@ -55,4 +59,4 @@ class Userinfo:
             )
         if record.actor:
             body["act"] = {"sub": record.actor}
-        return JSONResponse(body)
+        return JSONResponse(body, headers=NO_STORE)

@@ -101,3 +101,13 @@ login_failures = Table(
     Column("failures", Integer, nullable=False),
     Column("last_failure_at", Integer, nullable=False),
 )
+
+# One row per signed-in browser (storage/sessions.py): signing out deletes it.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),  # the cookie's session id, hashed
+    Column("username", String(200), nullable=False),
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False, index=True),
+)
