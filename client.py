@@ -9,10 +9,12 @@
 
 Nothing but the MCP server's URL is configured. The server's 401 names its protected resource
 metadata (RFC 9728), that names the authorization server, whose metadata (RFC 8414, issuer
-checked exactly) gives every endpoint. The client identifies itself with --client-id if given,
-else a client ID metadata document (--client-metadata-url) if the provider supports them,
-else it registers itself (RFC 7591). Sign-in is the authorization code flow with PKCE S256,
-`resource` (RFC 8707) and the `iss` check (RFC 9207) — or the device grant.
+checked exactly) gives every endpoint. The client identifies itself with --client-id if given
+(and --client-secret for a confidential one), else a client ID metadata document
+(--client-metadata-url) if the provider supports them, else it registers itself (RFC 7591),
+and authenticates at the token endpoint exactly as registered. Sign-in is the authorization
+code flow with PKCE S256, `resource` (RFC 8707) and the `iss` check (RFC 9207) — or the
+device grant.
 
 Read top to bottom: settings, the client identity, the sign-in mode, the session (token cache,
 refresh, step-up), the tool prompt and the one-shot commands, main().
@@ -90,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(env MCP_CLIENT_ID; default: register dynamically)",
     )
     login.add_argument(
+        "--client-secret",
+        default=env("MCP_CLIENT_SECRET"),
+        help="the secret of a confidential --client-id (env MCP_CLIENT_SECRET; prefer the "
+        "variable: a flag shows in the process list); kept only in the owner-only token cache",
+    )
+    login.add_argument(
         "--client-metadata-url",
         default=env("MCP_CLIENT_METADATA_URL"),
         help="https URL of this client's metadata document, used when the provider supports "
@@ -119,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--password needs --user")
     if args.password and args.device:
         parser.error("choose either --password or --device")
+    if args.client_secret and not args.client_id:
+        parser.error("--client-secret (MCP_CLIENT_SECRET) needs --client-id (MCP_CLIENT_ID)")
     return args
 
 
@@ -126,9 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def client_identity(args: argparse.Namespace) -> ClientIdentity:
-    """--client-id, else a client ID metadata document the provider supports, else dynamic
-    registration (remembered in the token cache): the order the MCP specification prefers."""
-    return ClientIdentity(args.client_id, args.client_metadata_url)
+    """--client-id (with --client-secret if it is confidential), else a client ID metadata
+    document the provider supports, else dynamic registration (remembered in the token cache):
+    the order the MCP specification prefers."""
+    return ClientIdentity(args.client_id, args.client_secret, args.client_metadata_url)
 
 
 # --- Sign-in mode: who walks through the provider's pages -------------------------------------

@@ -77,9 +77,14 @@ def start_stack(tmp: Path, provider_env: dict | None = None, host: str = "127.0.
     return Stack(provider.url, mcp_url, [provider.process, rs])
 
 
+# Every test's "machine" registers from 127.0.0.1: far more than the provider's per-address
+# registration limit, which is a defence against one abuser, not what these tests are about.
+MANY_USERS = {"OAUTH_REGISTRATIONS_PER_HOUR": "10000"}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
-    servers = start_stack(tmp_path_factory.mktemp("client-stack"))
+    servers = start_stack(tmp_path_factory.mktemp("client-stack"), MANY_USERS)
     yield servers
     servers.stop()
 

@@ -30,6 +30,11 @@ class WrongPasswordError(HeadlessLoginError):
     pass
 
 
+class AuthorizationRequestRefused(HeadlessLoginError):
+    """The provider answered the authorization request itself with an error page: it cannot
+    trust the client id or redirect URI, so it must not redirect back (RFC 6749 §4.1.2.1)."""
+
+
 @dataclass
 class Form:
     action: str
@@ -91,7 +96,10 @@ async def authorize_with_password(
     """Follow authorize_url through the login and consent pages; return the redirect URL
     (carrying code or error, state and iss) without following it."""
     check_password_transport(authorize_url)
-    response = await http.get(authorize_url)
+    response = await http.get(authorize_url)  # the one authorization request of this sign-in
+    if response.status_code >= 400 and not parse_page(response.text).forms:
+        page = parse_page(response.text)
+        raise AuthorizationRequestRefused(" ".join(page.errors) or f"HTTP {response.status_code}")
     for _ in range(6):
         if response.status_code in (301, 302, 303, 307, 308):
             location = urljoin(str(response.url), response.headers["location"])

@@ -16,7 +16,7 @@ import httpx2
 from mcp.client.auth.utils import extract_scope_from_www_auth, get_client_metadata_scopes
 
 from mcp_oauth.client.authorization_code import AuthorizationRequest
-from mcp_oauth.client.discovery import discover
+from mcp_oauth.client.discovery import Discovered, discover
 from mcp_oauth.client.errors import ClientError
 from mcp_oauth.client.identity import ClientIdentity
 from mcp_oauth.client.login_modes import LoginMode
@@ -76,11 +76,17 @@ class Login:
             await self._refresh(saved)
 
     async def recover(self, challenge: httpx2.Response) -> None:
-        """The server refused the token (401): refresh it if we can, else sign in again."""
-        if self.saved and self.saved.tokens:
-            await self._refresh(self.saved)
-        if not self.access_token:
-            await self.sign_in(challenge)
+        """The server refused the token (401): refresh it if the resource still names the
+        authorization server that issued it, else sign in again. Credentials are bound to
+        their issuer (SEP-2352): when the resource moved to another authorization server,
+        neither the old tokens nor the old client id go there; the client signs in anew."""
+        found = await discover(self.http, self.server_url, challenge)
+        saved = self.saved
+        if saved and saved.tokens and saved.metadata.issuer == found.metadata.issuer:
+            await self._refresh(saved)
+            if self.access_token:
+                return
+        await self.sign_in(challenge, found)
 
     async def _refresh(self, saved: SavedLogin) -> None:
         """RFC 6749 §6, rotating: the new refresh token replaces the old one in the cache. A
@@ -95,13 +101,15 @@ class Login:
             saved.tokens = None
         self.cache.save(saved)
 
-    async def sign_in(self, challenge: httpx2.Response) -> None:
-        """Discover the provider from the 401, pick a client identity, and let the user sign in.
+    async def sign_in(self, challenge: httpx2.Response, found: Discovered | None = None) -> None:
+        """Discover the provider from the 401 (unless `found` already), pick a client identity,
+        and let the user sign in.
 
-        A registration remembered from an earlier run may be gone (the provider's database was
-        reset): then the client registers anew, once.
+        A registration remembered from an earlier run is reused only at the issuer that made it
+        (SEP-2352), and may be gone (the provider's database was reset): then the client
+        registers anew, once.
         """
-        found = await discover(self.http, self.server_url, challenge)
+        found = found or await discover(self.http, self.server_url, challenge)
         registered = self.saved.client if self.saved else None
         client = await self.identity.resolve(self.http, found.metadata, registered)
         scope = self.scope or get_client_metadata_scopes(

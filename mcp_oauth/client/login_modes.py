@@ -4,7 +4,8 @@ by the client itself (headless), or a code entered on another device.
 Browser and headless are the same authorization code flow (`authorization_code.py`) and
 differ only in who walks through the provider's pages: a person in their browser, reaching
 our loopback callback (RFC 8252 §7.3), or `headless.py` filling in the same forms over HTTP.
-Both first check that the provider accepts the request at all. The device mode is RFC 8628:
+Either way the authorization URL is requested exactly once per sign-in, as a browser does:
+no pre-flight request. The device mode is RFC 8628:
 show a code, poll until the person has approved it elsewhere.
 """
 
@@ -33,7 +34,7 @@ from mcp_oauth.client import headless
 from mcp_oauth.client.authorization_code import AuthorizationRequest, authorization_code_flow
 from mcp_oauth.client.errors import ClientError, reaching
 from mcp_oauth.client.identity import REGISTERED_REDIRECT_URI
-from mcp_oauth.client.token_requests import ClientRejected, Endpoints
+from mcp_oauth.client.token_requests import ClientRejected
 from mcp_oauth.client.trace import Trace, redact_url
 
 CALLBACK_PORT = 53682  # the loopback port tried first; any free one is fine for the provider
@@ -42,21 +43,6 @@ SIGN_IN_TIMEOUT = 300.0
 
 class LoginMode(Protocol):
     async def authorize(self, request: AuthorizationRequest) -> OAuthToken: ...
-
-
-async def check_authorization_request(endpoints: Endpoints, url: str) -> None:
-    """Ask once before anyone walks the pages: a provider shows an error page, rather than
-    redirecting back, when it cannot trust the request — an unknown client id or redirect URI
-    (RFC 6749 §4.1.2.1) — and a person would be stuck on it while the client waits."""
-    with reaching("authorization server", url, "start it (python oauth_provider.py)"):
-        answer = await endpoints.http.get(url)
-    if answer.status_code >= 400:
-        why = " ".join(headless.parse_page(answer.text).errors) or f"HTTP {answer.status_code}"
-        raise ClientRejected(
-            f"the provider refused the sign-in request for client "
-            f"{endpoints.client.client_id!r}: {why}",
-            "check --client-id if you gave one; re-run with --trace to see the request",
-        )
 
 
 class BrowserLogin:
@@ -72,7 +58,6 @@ class BrowserLogin:
             redirect_uri = f"http://127.0.0.1:{sock.getsockname()[1]}/callback"
 
             async def user_agent(url: str) -> str:
-                await check_authorization_request(request.endpoints, url)
                 if self.open_browser and browser_beside_terminal():
                     self.console.print("Opening your browser to sign in (or open this URL):")
                     # In a thread: some browsers only return when they are closed.
@@ -156,7 +141,6 @@ class PasswordLogin:
             ) from exc
 
         async def user_agent(url: str) -> str:
-            await check_authorization_request(request.endpoints, url)
             hooks = self.trace.hooks() if self.trace else {}
             async with httpx2.AsyncClient(timeout=30, event_hooks=hooks) as forms:
                 with reaching("authorization server", url, "start it (python oauth_provider.py)"):
@@ -164,6 +148,12 @@ class PasswordLogin:
                         return await headless.authorize_with_password(
                             forms, url, self.username, self.password
                         )
+                    except headless.AuthorizationRequestRefused as exc:
+                        raise ClientRejected(
+                            f"the provider refused the sign-in request for client "
+                            f"{request.endpoints.client.client_id!r}: {exc}",
+                            "check --client-id if you gave one; re-run with --trace to see it",
+                        ) from exc
                     except headless.WrongPasswordError as exc:
                         raise ClientError(
                             f"wrong password for {self.username}",

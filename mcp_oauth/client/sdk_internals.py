@@ -12,14 +12,24 @@ Behaviour relied on elsewhere, also checked there:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx2
 from fastmcp.client.client import CallToolResult
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp.client.session import ClientSession
 from mcp.shared._httpx_utils import McpHttpClientFactory, create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-__all__ = ["FACTORY_OPTIONS", "TRANSPORT_FAILURES", "CallToolResult", "mcp_http_client_factory"]
+__all__ = [
+    "FACTORY_OPTIONS",
+    "TRANSPORT_FAILURES",
+    "CallToolResult",
+    "DiscoverFirstTransport",
+    "mcp_http_client_factory",
+]
 
 # `CallToolResult`: what `fastmcp.Client.call_tool` returns. fastmcp exports it only from its
 # private-looking `fastmcp.client.client` module, not from `fastmcp.client`.
@@ -54,3 +64,36 @@ def mcp_http_client_factory(event_hooks: dict[str, list[Any]]) -> McpHttpClientF
         return client
 
     return factory
+
+
+class DiscoverFirstTransport(StreamableHttpTransport):
+    """fastmcp's HTTP transport, except that a refused `server/discover` probe ends the
+    connection attempt instead of falling back to the 2025 `initialize` handshake.
+
+    The SDK connects (mode "auto") by probing `server/discover`, and takes any error answer
+    as a sign of a 2025 server (`mcp.client._probe.negotiate_auto`). A 401 or 403 is no such
+    sign: the server wants a token first. `refusal()` returns the exception to raise instead
+    (anything but an `MCPError`, which the SDK lets through), or None to leave the verdict to
+    the SDK. The one door is the session's `send_discover`, which fastmcp wraps the same way
+    (`fastmcp.client.client._conformant_discover_only`, keeping a transport's own override).
+    """
+
+    def __init__(self, url: str, *, refusal: Callable[[], Exception | None], **options: Any):
+        super().__init__(url, **options)
+        self.refusal = refusal
+
+    @contextlib.asynccontextmanager
+    async def connect_session(self, **options: Any) -> AsyncGenerator[ClientSession, None]:
+        async with super().connect_session(**options) as session:
+            probe = session.send_discover
+
+            async def send_discover(version: str) -> dict[str, Any]:
+                try:
+                    return await probe(version)
+                except MCPError:
+                    if (failure := self.refusal()) is not None:
+                        raise failure from None
+                    raise
+
+            session.send_discover = send_discover  # type: ignore[method-assign]
+            yield session

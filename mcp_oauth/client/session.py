@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import httpx2
 import mcp_types
 from fastmcp import Client
-from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 
 from mcp_oauth.client.errors import ClientError
@@ -24,6 +23,7 @@ from mcp_oauth.client.login import Login
 from mcp_oauth.client.sdk_internals import (
     TRANSPORT_FAILURES,
     CallToolResult,
+    DiscoverFirstTransport,
     mcp_http_client_factory,
 )
 from mcp_oauth.client.trace import Trace
@@ -97,12 +97,22 @@ class McpSession:
         return self.client
 
     async def _connect(self) -> None:
-        transport = StreamableHttpTransport(
-            self.url, auth=self.bearer, httpx_client_factory=mcp_http_client_factory(self.hooks)
+        """Connect as the 2026-07-28 revision says: `server/discover` first. A 401/403 to it
+        means "sign in", not "a 2025 server": it raises Refused, so the 2025 `initialize`
+        fallback is only for servers that answer the (signed-in) probe as 2025 servers do."""
+        transport = DiscoverFirstTransport(
+            self.url,
+            refusal=self._refused,
+            auth=self.bearer,
+            httpx_client_factory=mcp_http_client_factory(self.hooks),
         )
         client = Client(transport)
         await client.__aenter__()
         self.client = client
+
+    def _refused(self) -> Refused | None:
+        answer = self.bearer.refusal
+        return Refused(answer) if answer is not None and answer.status_code in (401, 403) else None
 
     async def _authorized(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run `operation`; after a 401 let Login sign in, after a 403 let it step up, each at

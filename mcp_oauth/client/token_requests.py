@@ -12,9 +12,11 @@ token request presents (`grant_type` and its parameters).
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import quote
 
 import anyio
 import httpx2
@@ -82,10 +84,12 @@ class Endpoints:
         return {"resource": self.resource} if self.resource else {}
 
     async def post(self, endpoint: str, data: dict[str, str]) -> httpx2.Response:
-        """POST a form as this public client: it identifies itself by `client_id` alone
-        (RFC 6749 §2.3; a native app cannot keep a secret, RFC 8252 §8.4)."""
+        """POST a form as this client, authenticated the way it is registered: the token,
+        device authorization and revocation endpoints all take the same client authentication
+        (RFC 6749 §2.3, RFC 8628 §3.1, RFC 7009 §2.1)."""
+        form, headers = client_authentication(self.client, data)
         with reaching("authorization server", endpoint, "start it (python oauth_provider.py)"):
-            return await self.http.post(endpoint, data={**data, "client_id": self.client.client_id})
+            return await self.http.post(endpoint, data=form, headers=headers)
 
     async def token(self, grant: dict[str, str]) -> OAuthToken:
         response = await self.post(
@@ -144,6 +148,29 @@ class Endpoints:
         )
         if response.status_code != 200:
             raise error_of(response)
+
+
+def client_authentication(
+    client: OAuthClientInformationFull, form: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The form and headers of a request from `client`, per its `token_endpoint_auth_method`
+    (RFC 6749 §2.3.1): `none` names the client in the form (a public client, RFC 6749 §3.2.1);
+    `client_secret_basic` sends id and secret, form-encoded, in an HTTP Basic header;
+    `client_secret_post` sends both in the form. Never more than one method per request."""
+    method = client.token_endpoint_auth_method or "none"
+    secret = client.client_secret
+    if method == "none":
+        return form | {"client_id": client.client_id}, {}
+    if secret and method == "client_secret_basic":
+        pair = f"{quote(client.client_id, safe='')}:{quote(secret, safe='')}"
+        return form, {"Authorization": f"Basic {base64.b64encode(pair.encode()).decode()}"}
+    if secret and method == "client_secret_post":
+        return form | {"client_id": client.client_id, "client_secret": secret}, {}
+    raise ClientError(
+        f"the client {client.client_id!r} is registered for {method}"
+        + ("" if secret else " but has no client secret"),
+        "give its secret with --client-secret, or register a public client (drop --client-id)",
+    )
 
 
 class DeviceAuthorization(BaseModel):
