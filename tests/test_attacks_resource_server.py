@@ -9,8 +9,10 @@ is exactly what a flood that starts the provider backoff would break.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,7 +88,8 @@ def profile_call(url: str, token: bytes | str) -> httpx.Response:
 
 
 class Flood:
-    """An attacker sending `tokens` in turn, one request at a time, until stopped."""
+    """An attacker sending `tokens` in turn, one request at a time, until stopped (and not
+    before each was sent once)."""
 
     def __init__(self, url: str, tokens: list[bytes], pause: float = 0.02):
         self.url, self.tokens, self.pause = url, tokens, pause
@@ -109,6 +112,9 @@ class Flood:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Every attack token is sent at least once, however quickly the victim was done.
+        while len(self.answers) < len(self.tokens) and self._thread.is_alive():
+            self._stop.wait(0.01)
         self._stop.set()
         self._thread.join()
 
@@ -278,3 +284,75 @@ def test_tokens_the_provider_will_not_introspect_are_refused_not_an_outage(serve
             assert "Authorization server unavailable" not in rs.output()
         finally:
             rs.stop()
+
+
+# -- introspection: a flood of distinct well-formed tokens ---------------------------------------
+
+
+def test_refusals_never_evict_an_accepted_token(servers, tmp_path):
+    """Distinct well-formed tokens each cost one introspection (then a cached refusal). With a
+    cache of four entries, forty of them must not push the victim's accepted token out: the
+    victim's next call is still answered from the cache, without asking the provider."""
+    url = servers.spare_url
+    env = {
+        "OAUTH_PROVIDER_URL": servers.issuer,
+        "MCP_RS_CLIENT_SECRET": RS_SECRET,
+        "MCP_INTROSPECTION_CACHE_SIZE": "4",
+        "MCP_INTROSPECTION_CACHE_TTL": "3600",  # the victim's entry outlives the test
+    }
+    rs = start_resource_server(tmp_path, port_of(url), env)
+    try:
+        victim = Servers(servers.issuer, rs, url)
+        [token] = victim.fresh_tokens(1)
+        assert profile_call(url, token).status_code == 200
+        junk = [f"unknown-{n}-{'z' * 40}".encode() for n in range(40)]
+        assert {profile_call(url, t).status_code for t in junk} == {401}
+        before = victim.metrics()
+        assert profile_call(url, token).status_code == 200
+        after = victim.metrics()
+        assert after["introspections"] == before["introspections"]
+        assert after["cache_hits"] == before["cache_hits"] + 1
+        assert after["refusal_entries"] <= 4
+    finally:
+        rs.stop()
+
+
+# -- JWT validation ------------------------------------------------------------------------------
+
+
+def junk_jwt(kid: str) -> bytes:
+    """A well-formed JWT naming a key id the provider never had."""
+
+    def part(data: dict) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")
+
+    return b".".join(
+        [part({"alg": "RS256", "typ": "at+jwt", "kid": kid}), part({"sub": "x"}), b"c2ln"]
+    )
+
+
+def test_jwt_mode_is_not_degraded_by_malformed_tokens_or_unknown_key_ids(tmp_path):
+    """Checked locally, a JWT never needs the provider except for its key set: malformed tokens
+    are refused before parsing, and tokens naming unknown key ids refetch the key set at most
+    once per MCP_JWKS_REFETCH_INTERVAL, however many arrive."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    provider = start_provider(tmp_path, resource=url, args=["--access-token-format", "jwt"])
+    env = {"OAUTH_PROVIDER_URL": provider.url, "MCP_TOKEN_VALIDATION": "jwt"}
+    rs = start_resource_server(tmp_path, port, {**env, "MCP_JWKS_REFETCH_INTERVAL": "30"})
+    try:
+        servers = Servers(provider.url, rs, url)
+        tokens = servers.fresh_tokens(VICTIM_CALLS + 1)
+        assert profile_call(url, tokens.pop()).status_code == 200  # the key set is fetched
+        before = servers.metrics()
+        attack = MALFORMED_TOKENS + [junk_jwt(f"junk-{n}") for n in range(20)]
+        started = time.monotonic()
+        with Flood(url, attack) as flood:
+            victim_keeps_working(servers, tokens, flood)
+        elapsed = time.monotonic() - started
+        assert_invalid_token_challenges(flood.answers)
+        refetches = servers.metrics()["jwks_fetches"] - before["jwks_fetches"]
+        assert refetches <= 1 + elapsed // 30
+    finally:
+        rs.stop()
+        provider.process.stop()
