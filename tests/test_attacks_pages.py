@@ -8,6 +8,7 @@ Each test is written as the attack; SECURITY.md maps the promises to them."""
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -256,6 +257,8 @@ def test_consent_page_lets_its_form_lead_only_to_the_validated_redirect_origin(p
     assert form_action(refused) == ["'self'"]
     consent = alice.authorize(decision=None, **auth_params(redirect_uri=REDIRECT_URI)[0])
     assert form_action(consent) == ["'self'", "http://127.0.0.1:8976"]
+    ipv6 = alice.authorize(decision=None, **auth_params(redirect_uri="http://[::1]:5/callback")[0])
+    assert form_action(ipv6) == ["'self'", "http:"]  # CSP cannot spell an IPv6 address
 
 
 def test_consent_decision_answers_303(provider, alice):
@@ -270,9 +273,14 @@ def test_consent_decision_answers_303(provider, alice):
 # -- a real browser enforces form-action on the consent's redirect ------------------------------
 
 
-@pytest.fixture
-def loopback_listener() -> Iterator[tuple[str, list[str]]]:
-    """An app's loopback redirect listener (RFC 8252 §7.3): its URL and the queries it got."""
+class IPv6HTTPServer(HTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.fixture(params=["127.0.0.1", "[::1]"])
+def loopback_listener(request) -> Iterator[tuple[str, list[str]]]:
+    """An app's loopback redirect listener (RFC 8252 §7.3) on IPv4 or IPv6: its URL and the
+    queries it got."""
     queries: list[str] = []
 
     class Callback(BaseHTTPRequestHandler):
@@ -289,10 +297,14 @@ def loopback_listener() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Callback)
+    host = request.param
+    if host == "[::1]":
+        server: HTTPServer = IPv6HTTPServer(("::1", 0), Callback)
+    else:
+        server = HTTPServer((host, 0), Callback)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/callback", queries
+    yield f"http://{host}:{server.server_port}/callback", queries
     server.shutdown()
     server.server_close()
 
@@ -301,7 +313,8 @@ def test_chromium_completes_consent_to_a_loopback_redirect_under_form_action(
     provider, loopback_listener
 ):
     """Chromium applies form-action to the redirect that follows the consent form's POST: with
-    the page's policy the decision still reaches the app's loopback listener with its code."""
+    the page's policy the decision still reaches the app's loopback listener with its code,
+    on 127.0.0.1 and on [::1] alike."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
         pytest.skip("Chromium is not installed (apt-get install chromium)")

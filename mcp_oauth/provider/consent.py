@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mcp_oauth.provider.http_hardening import page_policy
+from mcp_oauth.provider.http_hardening import page_policy, redirect_source
 from mcp_oauth.provider.pages import client_description, csrf_token, templates
 from mcp_oauth.provider.records import ClientRecord
 from mcp_oauth.provider.users_file import Account, Resource, receivable_scopes
@@ -35,12 +35,11 @@ def consent_page(
     """Ask `account` to let `client` act for it. Only the scopes it may receive are offered
     (the rest are listed as unavailable); a self-registered client is marked
     (`client_description`). The decision on a validated `redirect_uri` is redirected there,
-    so the page's form-action allows that origin too (`page_policy`). For a device (RFC 8628
+    so the page's form-action allows that origin too (`redirect_source`). For a device (RFC 8628
     §5.4, remote phishing) the page shows the user code to compare with the device's and
     says to go on only for a device in your hands."""
     offered = receivable_scopes(requested, account, resource)
-    redirect = urlsplit(redirect_uri)
-    redirect_origin = f"{redirect.scheme}://{redirect.netloc}" if redirect_uri else ""
+    redirect_target = redirect_source(redirect_uri)  # None for a device, which posts here
     return templates.TemplateResponse(
         request,
         "consent.html",
@@ -49,7 +48,7 @@ def consent_page(
             **client_description(client),
             "user_code": user_code,
             "username": account.username,
-            "redirect_host": redirect.netloc,
+            "redirect_host": urlsplit(redirect_uri).netloc,
             "resource": resource.uri if resource else None,
             "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, "")) for s in sorted(offered)],
             "unavailable": sorted(requested - offered),
@@ -57,7 +56,9 @@ def consent_page(
             "params": params,
             "action": action,
         },
-        headers={"Content-Security-Policy": page_policy(redirect_origin)}
-        if redirect_origin
-        else None,
+        headers={
+            "Content-Security-Policy": page_policy(redirect_target)
+            if redirect_target
+            else page_policy()
+        },
     )

@@ -6,27 +6,39 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_oauth.common.asgi_body import read_body, replay
 
 MAX_BODY_BYTES = 64 * 1024
-CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]+)?|http://\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
+CSP_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]+)?")
 
 
 def page_policy(*form_targets: str) -> str:
     """The pages' Content-Security-Policy: nothing but our stylesheet, no framing, and forms
-    that post only to this server, or to the origins given. (Browsers apply form-action to
-    the redirects after a form's POST too, so the consent page names the client's redirect
-    URI origin: its decision is redirected there.) An origin that is not plainly
-    scheme://host[:port] is left out rather than let it write CSP syntax."""
-    origins = [origin for origin in form_targets if CSP_ORIGIN.fullmatch(origin)]
-    sources = " ".join(("'self'", *origins))
+    that post only to this server, or to the sources given (`redirect_source`)."""
+    sources = " ".join(("'self'", *form_targets))
     return (
         "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; "
         f"base-uri 'none'; form-action {sources}"
     )
+
+
+def redirect_source(uri: str) -> str | None:
+    """The form-action source that lets a form's POST be redirected to `uri` (browsers apply
+    form-action to the redirects after a form's POST too): its origin. An IPv6 literal has
+    no spelling in CSP's host-source grammar, so a loopback [::1] gets its scheme alone
+    (http:). Anything that is not plainly scheme://host[:port] gets none rather than write
+    CSP syntax."""
+    parts = urlsplit(uri)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if CSP_ORIGIN.fullmatch(origin):
+        return origin
+    if parts.scheme == "http" and parts.hostname == "::1":
+        return "http:"
+    return None
 
 
 HTML_HEADERS = [
