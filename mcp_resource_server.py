@@ -38,6 +38,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from mcp_oauth.resource_server.argument_errors import ShortArgumentErrors
 from mcp_oauth.resource_server.caller import current_caller
 from mcp_oauth.resource_server.entra import entra_issuers
 from mcp_oauth.resource_server.fastmcp_internals import warm_state_store
@@ -196,6 +197,7 @@ mcp = FastMCP(
     instructions="Per-user records and notes, guarded by OAuth scopes read, write and admin.",
     lifespan=lifespan,
     mask_error_details=True,  # an unexpected exception reaches the client as a generic error
+    middleware=[ShortArgumentErrors()],  # bad arguments: one short sentence each, no dump
 )
 
 # --- Tools, each with the scope it needs -------------------------------------------------------
@@ -210,6 +212,8 @@ tool = scopes.tool
 
 Key = Annotated[str, Field(min_length=1, max_length=100, description="Name of the record")]
 Text = Annotated[str, Field(min_length=1, max_length=10_000)]
+NoteId = Annotated[int, Field(ge=1, le=2**63 - 1, description="Id of the note")]  # SQLite's range
+Username = Annotated[str, Field(min_length=1, max_length=255)]
 
 
 @tool(scope=PUBLIC)
@@ -274,7 +278,7 @@ def get_user_notes() -> dict[str, Any]:
 
 
 @tool(scope="write")
-def delete_user_note(note_id: int) -> dict[str, Any]:
+def delete_user_note(note_id: NoteId) -> dict[str, Any]:
     """Delete one of your notes by its id."""
     if not store.delete_note(current_caller().owner, note_id):
         raise ToolError(f"You have no note with id {note_id}.")
@@ -297,7 +301,7 @@ async def get_downstream_profile() -> dict[str, Any]:
 
 @tool(scope="admin")
 async def admin_operation(
-    action: Literal["list_grants", "revoke_user"], username: str | None = None
+    action: Literal["list_grants", "revoke_user"], username: Username | None = None
 ) -> dict[str, Any]:
     """List who holds active grants, or revoke every token of `username`.
 

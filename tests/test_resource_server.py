@@ -390,6 +390,9 @@ def test_each_user_sees_and_deletes_only_their_own_notes_and_data(stack):
         ("admin", "admin_operation", {"action": "drop_tables"}, "list_grants"),
         ("admin", "admin_operation", {"action": "revoke_user"}, "needs the username"),
         ("admin", "admin_operation", {"action": "revoke_user", "username": "zed"}, "unknown"),
+        ("alice", "delete_user_note", {"note_id": 2**70}, "note_id: .*less than or equal"),
+        ("alice", "delete_user_note", {"note_id": -(2**70)}, "note_id: .*greater than or equal"),
+        ("admin", "admin_operation", {"action": "revoke_user", "username": "z" * 256}, "username"),
     ],
 )
 def test_bad_arguments_are_tool_errors_with_a_clear_message(
@@ -397,6 +400,27 @@ def test_bad_arguments_are_tool_errors_with_a_clear_message(
 ):
     with pytest.raises(ToolError, match=message):
         use(stack, username, tool, arguments)
+    assert "Traceback" not in stack.rs.output()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"note_id": "abc"},
+            "Invalid argument note_id: Input should be a valid integer, "
+            "unable to parse string as an integer",
+        ),
+        ({}, "Invalid argument note_id: Missing required argument"),
+        ({"note_id": 1, "extra": "x"}, "Invalid argument extra: Unexpected keyword argument"),
+    ],
+)
+def test_bad_arguments_get_one_sentence_naming_the_argument_not_pydantics_dump(
+    stack, arguments, message
+):
+    answer = result_of(call(stack, "delete_user_note", arguments, stack.token("alice")))
+    assert answer["result"]["isError"] is True
+    assert answer["result"]["content"][0]["text"] == message
 
 
 def test_malformed_requests_never_get_a_5xx(stack):

@@ -28,6 +28,7 @@ SDK_NAMES = [
     ("mcp.server.auth.middleware.bearer_auth", "AuthenticatedUser", "attach_verified_token"),
     ("mcp.server.auth.routes", "cors_middleware", "allow_cors"),
     ("mcp.server.transport_security", "DEFAULT_MAX_REQUEST_BODY_SIZE", "MAX_REQUEST_BODY"),
+    ("fastmcp.exceptions", "ValidationError", "argument_errors"),
     (
         "mcp.client.auth.utils",
         "build_oauth_authorization_server_metadata_discovery_urls",
@@ -156,3 +157,32 @@ def test_sdk_discovery_urls_insert_the_issuer_path_then_fall_back_to_openid() ->
         "http://localhost:9000/.well-known/oauth-authorization-server",
         "http://localhost:9000/.well-known/openid-configuration",
     ], message
+
+
+def test_bad_tool_arguments_raise_fastmcps_validation_error_from_pydantics() -> None:
+    """ShortArgumentErrors reads which argument was wrong from the pydantic error FastMCP's
+    ValidationError is raised from; without it, callers get pydantic's dump again."""
+    import asyncio
+
+    from fastmcp import Client
+
+    from mcp_oauth.resource_server.argument_errors import ShortArgumentErrors
+
+    server = FastMCP("fence", middleware=[ShortArgumentErrors()])
+
+    @server.tool
+    def delete_note(note_id: int) -> int:
+        return note_id
+
+    async def bad_call() -> str:
+        async with Client(server) as client:
+            result = await client.call_tool("delete_note", {"note_id": "x"}, raise_on_error=False)
+            return result.content[0].text
+
+    assert asyncio.run(bad_call()) == (
+        "Invalid argument note_id: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ), (
+        f"FastMCP's ValidationError for bad arguments is no longer raised from pydantic's in "
+        f"{VERSIONS} ({FENCE}:argument_errors)"
+    )

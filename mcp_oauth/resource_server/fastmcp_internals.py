@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastmcp import FastMCP
+from fastmcp.exceptions import ValidationError as FastMCPValidationError
 from fastmcp.server.auth import AccessToken
 from mcp.client.auth.utils import build_oauth_authorization_server_metadata_discovery_urls
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.routes import cors_middleware
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.requests import Request
@@ -76,3 +79,19 @@ def metadata_discovery_urls(issuer: str) -> list[str]:
     Discovery (appended to the issuer). The MCP SDK's client helper, also used by client.py.
     """
     return build_oauth_authorization_server_metadata_discovery_urls(issuer, issuer)
+
+
+def argument_errors(exc: Exception) -> list[ErrorDetails] | None:
+    """What was wrong with a tool's arguments, one entry per argument (pydantic's `loc` and
+    `msg`, without the input echoed or a documentation URL); None for any other error.
+
+    FastMCP raises its `ValidationError` for bad arguments with the message of pydantic's
+    ValidationError, raised `from` it: that `__cause__` is the only structured account of
+    which argument was wrong, and FastMCP does not document it.
+    """
+    if not isinstance(exc, FastMCPValidationError):
+        return None
+    cause = exc.__cause__
+    if not isinstance(cause, PydanticValidationError):
+        return None
+    return cause.errors(include_url=False, include_input=False, include_context=False)
