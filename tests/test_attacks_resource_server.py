@@ -20,11 +20,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import yaml
+from fastmcp import Client
+from sqlalchemy import create_engine, insert
 
 from mcp_oauth.client.headless import obtain_tokens
 from mcp_oauth.resource_server.gate import MAX_BEARER_TOKEN_BYTES
+from mcp_oauth.resource_server.store import metadata, notes, records
 from tests.conftest import RS_SECRET, start_provider, start_resource_server
-from tests.support import ServerProcess, free_port
+from tests.support import ROOT, ServerProcess, free_port
 
 VICTIM_CALLS = 6
 ACCEPT = "application/json, text/event-stream"
@@ -49,14 +53,15 @@ class Servers:
     spare_url: str = ""
     """Another resource the provider issues tokens for, where a test starts its own server."""
 
-    def fresh_tokens(self, count: int, username: str = "alice") -> list[str]:
-        """`count` access tokens this resource server has never seen (so never cached)."""
+    def fresh_tokens(self, count: int, scope: str = "read") -> list[str]:
+        """`count` access tokens of alice's this resource server has never seen (so never
+        cached)."""
 
         async def sign_in() -> list[str]:
             tokens = []
             for _ in range(count):
                 answer = await obtain_tokens(
-                    self.issuer, username, "password123", scope="read", resource=self.mcp_url
+                    self.issuer, "alice", "password123", scope=scope, resource=self.mcp_url
                 )
                 tokens.append(answer["access_token"])
             return tokens
@@ -353,6 +358,72 @@ def test_jwt_mode_is_not_degraded_by_malformed_tokens_or_unknown_key_ids(tmp_pat
         assert_invalid_token_challenges(flood.answers)
         refetches = servers.metrics()["jwks_fetches"] - before["jwks_fetches"]
         assert refetches <= 1 + elapsed // 30
+    finally:
+        rs.stop()
+        provider.process.stop()
+
+
+# -- a client named like a user ------------------------------------------------------------------
+
+
+def test_a_client_named_like_a_user_reads_none_of_her_data_old_or_new(tmp_path):
+    """A client-credentials token's `sub` is its client id. A client whose id is `alice` must
+    not read user alice's notes: neither those written now, nor those in a database written
+    before owners had a kind (which stay alice's)."""
+    users = yaml.safe_load((ROOT / "users.yaml").read_text())
+    users["clients"].append(
+        {
+            "client_id": "alice",
+            "client_name": "A service named like a user",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "client_secret_env": "ALICE_CLIENT_SECRET",
+            "grant_types": ["client_credentials"],
+            "scope": "read write",
+        }
+    )
+    users_file = tmp_path / "users.yaml"
+    users_file.write_text(yaml.safe_dump(users))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    provider = start_provider(
+        tmp_path,
+        resource=url,
+        args=["--users", str(users_file)],
+        env={"ALICE_CLIENT_SECRET": "alice-client-secret"},
+    )
+    database = f"sqlite:///{tmp_path}/old-rs.db"
+    old = create_engine(database)  # the tables as written before owners had a kind
+    metadata.create_all(old, tables=[records, notes])
+    with old.begin() as conn:
+        conn.execute(insert(notes).values(owner="alice", text="old note", created_at="x"))
+    old.dispose()
+    env = {
+        "OAUTH_PROVIDER_URL": provider.url,
+        "MCP_RS_CLIENT_SECRET": RS_SECRET,
+        "MCP_DATABASE_URL": database,
+    }
+    rs = start_resource_server(tmp_path, port, env)
+    try:
+        [user_token] = Servers(provider.url, rs, url).fresh_tokens(1, scope="read write")
+        client_token = httpx.post(
+            f"{provider.url}/token",
+            data={"grant_type": "client_credentials", "scope": "read write", "resource": url},
+            auth=("alice", "alice-client-secret"),
+        ).json()["access_token"]
+
+        async def notes_of(token: str, new_note: str) -> list[str]:
+            async with Client(url, auth=token) as client:
+                await client.call_tool("save_user_note", {"text": new_note})
+                found = (await client.call_tool("get_user_notes", {})).data["notes"]
+                return sorted(note["text"] for note in found)
+
+        assert asyncio.run(notes_of(user_token, "alice's note")) == ["alice's note", "old note"]
+        assert asyncio.run(notes_of(client_token, "client's note")) == ["client's note"]
+        assert asyncio.run(notes_of(user_token, "another")) == [
+            "alice's note",
+            "another",
+            "old note",
+        ]
     finally:
         rs.stop()
         provider.process.stop()

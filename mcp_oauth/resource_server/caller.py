@@ -18,13 +18,19 @@ class Caller:
     client_id: str
     scopes: frozenset[str]
     expires_at: int | None
+    owner: str
+    """The key this caller's stored data is filed under (data_owner)."""
     token: str = field(repr=False)
     """The caller's own bearer token: only ever sent back to the provider (token exchange)."""
 
-    @property
-    def owner(self) -> str:
-        """The key this user's stored data is filed under: the stable subject, not the name."""
-        return self.subject
+
+def data_owner(subject: str | None, username: str | None, client_id: str) -> str:
+    """`client:<client id>` for a client acting for itself, `user:<subject>` otherwise, so
+    that neither can read the other's data whatever their names. RFC 9068 §2.2: a token issued
+    with no resource owner (client credentials) names the client in `sub`, or names nobody."""
+    if not username and subject in (None, client_id):
+        return f"client:{client_id}"
+    return f"user:{subject or username}"
 
 
 def current_caller() -> Caller:
@@ -34,17 +40,18 @@ def current_caller() -> Caller:
         raise ToolError("This tool needs a signed-in user: send a bearer token.")
     claims = token.claims or {}
     username = claims.get("username") or claims.get("preferred_username")
-    subject = token.subject or username
-    if not subject:
-        if not token.client_id:
-            raise ToolError("The token names neither a user nor a client (no sub or client_id).")
-        # Client credentials: the client acts for itself, kept apart from any user's data.
-        subject = f"client:{token.client_id}"
+    username = str(username) if username else None
+    if not (token.subject or username or token.client_id):
+        raise ToolError("The token names neither a user nor a client (no sub or client_id).")
+    owner = data_owner(token.subject, username, token.client_id)
+    subject = token.subject or username or owner
     return Caller(
-        username=str(username or subject),
-        subject=str(subject),
+        # A client acting for itself is shown as what it is, never as a user of its name.
+        username=username or (owner if owner.startswith("client:") else subject),
+        subject=subject,
         client_id=token.client_id,
         scopes=frozenset(token.scopes),
         expires_at=token.expires_at,
+        owner=owner,
         token=token.token,
     )

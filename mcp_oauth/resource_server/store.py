@@ -2,7 +2,8 @@
 
 Every read and write takes the owner as its first argument and filters on it in SQL, so one
 user can neither see nor delete another's rows: a note of someone else is "not found",
-exactly like a note that never existed.
+exactly like a note that never existed. Owners are `user:<subject>` or `client:<client id>`
+(caller.py), so a client acting for itself never shares a user's rows, whatever its id.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from mcp_oauth.common.sql import create_storage_engine
 
@@ -38,6 +40,12 @@ notes = Table(
     sqlite_autoincrement=True,  # a deleted note's id is never handed out again
 )
 
+migrations = Table("migrations", metadata, Column("name", String(64), primary_key=True))
+"""Which one-time data migrations this database has had, by name."""
+
+OWNER_KINDS = "owner-kinds"
+"""The migration that gave every owner its kind (`user:` or `client:`)."""
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -55,6 +63,23 @@ class ResourceStore:
         if self.url.get_backend_name() == "sqlite" and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         metadata.create_all(self.engine)
+        self.mark_legacy_owners_as_users()
+
+    def mark_legacy_owners_as_users(self) -> None:
+        """Once per database: rows written before owners had a kind belong to users (a
+        client without a `sub` was already filed as `client:<id>`). A client-credentials
+        caller's old rows were filed under its bare id too and cannot be told apart: they
+        become those of a user with that name, as they were readable before."""
+        with self.engine.connect().execution_options(write=True) as conn:
+            try:
+                with conn.begin():
+                    conn.execute(insert(migrations).values(name=OWNER_KINDS))
+                    for table in (records, notes):
+                        legacy = ~table.c.owner.startswith("client:", autoescape=True)
+                        kinded = "user:" + table.c.owner
+                        conn.execute(sql_update(table).where(legacy).values(owner=kinded))
+            except IntegrityError:
+                pass  # done before, or by another replica starting at the same time
 
     def write_record(self, owner: str, key: str, value: str) -> dict[str, Any]:
         """Create or replace the owner's record `key`."""
