@@ -6,11 +6,19 @@ import hashlib
 
 import pytest
 
+from mcp_oauth.resource_server.argument_errors import argument_message
 from mcp_oauth.resource_server.caches import hashed_key
+from mcp_oauth.resource_server.caller import data_owner
 from mcp_oauth.resource_server.challenges import quotable
+from mcp_oauth.resource_server.gate import MAX_BEARER_TOKEN_BYTES, malformed_token_reason
 from mcp_oauth.resource_server.introspection import entry_lifetime, refusal
 from mcp_oauth.resource_server.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
-from mcp_oauth.resource_server.provider_discovery import Backoff, ProviderMetadata
+from mcp_oauth.resource_server.provider_discovery import (
+    Backoff,
+    ProviderMetadata,
+    blames_the_token,
+    introspection_outage,
+)
 from mcp_oauth.resource_server.verified_token import VerifiedToken, audiences
 
 ISSUER = "http://127.0.0.1:9000"
@@ -195,3 +203,42 @@ def test_exchange_cache_key_is_per_user_scopes_and_audience():
     assert key != exchange_key("alice", ["read"], "http://as/userinfo")
     assert key != exchange_key("bob", ["read", "write"], "http://as/userinfo")
     assert key != exchange_key("alice", ["read", "write"], "http://other/api")
+
+
+# -- what is the token's fault, and whose data is whose -----------------------------------------
+
+
+def test_only_a_bad_request_about_the_token_refuses_it():
+    assert blames_the_token(400, "invalid_request") and blames_the_token(413, None)
+    assert not blames_the_token(400, "invalid_client")  # our credentials, said with a 400
+    for status in (401, 403, 404, 405, 429):
+        assert not blames_the_token(status, None)
+    assert "MCP_RS_CLIENT_SECRET" in introspection_outage(401, "invalid_client")
+    assert "MCP_RS_CLIENT_SECRET" in introspection_outage(400, "invalid_client")
+    assert "slow down" in introspection_outage(429, None)
+    assert "MCP_RS_CLIENT_SECRET" not in introspection_outage(404, None)
+
+
+def test_bearer_token_syntax_is_rfc_6750_b64token_of_bounded_length():
+    for good in ["abc", "a-b.c_d~e+f/g==", "a" * MAX_BEARER_TOKEN_BYTES]:
+        assert malformed_token_reason(good) is None
+    for bad in ["", "a b", "a\tb", "a=b", "=", "tök", 'a"b', "a" * (MAX_BEARER_TOKEN_BYTES + 1)]:
+        assert malformed_token_reason(bad) is not None, bad
+
+
+def test_a_client_acting_for_itself_never_shares_a_users_data():
+    assert data_owner("alice", "alice", "mcp-client") == "user:alice"
+    assert data_owner("alice", None, "alice") == "client:alice"  # client credentials
+    assert data_owner(None, None, "svc") == "client:svc"
+    assert data_owner("alice", "alice", "alice") == "user:alice"  # alice, via a client "alice"
+    assert data_owner("5e1f", None, "mcp-client") == "user:5e1f"  # a user known by sub only
+
+
+def test_argument_message_names_each_argument():
+    errors = [
+        {"loc": ("note_id",), "msg": "Input should be a valid integer"},
+        {"loc": ("items", 0), "msg": "Field required"},
+    ]
+    assert argument_message(errors) == (
+        "Invalid argument note_id: Input should be a valid integer; items.0: Field required"
+    )
