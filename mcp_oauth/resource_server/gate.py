@@ -5,7 +5,9 @@ from. So an ASGI layer in front of the endpoint reads each JSON-RPC request, loo
 needs in the tool/scope table (tool_scopes.py), checks the bearer token with the chosen
 verifier (verifier_choice.py) and answers with a challenge (challenges.py) when the request may
 not run: 401 without a valid token, 403 without the scope, 503 when the provider cannot be
-asked. A refused token's reason is logged; the token never is.
+asked. A token that cannot be one (not an RFC 6750 b64token, or too long) is refused before
+any verifier runs, so junk never reaches the provider. A refused token's reason is logged; the
+token never is.
 
 The MCP app runs stateless: every request is judged on its own token. A client that started
 anonymously and signs in later, or steps up to a new scope, simply carries on, where a
