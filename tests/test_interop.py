@@ -78,6 +78,9 @@ def start_resource_server(tmp: Path, port: int, env: dict[str, str]) -> Resource
 
 # -- node oidc-provider (Keycloak stand-in) ----------------------------------------------------
 
+OTHER_RESOURCE = "http://127.0.0.1:9/other-mcp"
+"""Another resource the peer issues tokens for: its tokens must not work at our server."""
+
 
 @pytest.fixture(scope="module", params=["opaque", "jwt"])
 def oidc_stack(
@@ -86,7 +89,7 @@ def oidc_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[OidcProviderPeer, ResourceServer]]:
     port = free_port()
-    peer = oidc_provider_factory(request.param, f"http://127.0.0.1:{port}/mcp")
+    peer = oidc_provider_factory(request.param, f"http://127.0.0.1:{port}/mcp,{OTHER_RESOURCE}")
     env = {
         "OAUTH_PROVIDER_URL": peer.issuer,
         "MCP_RS_CLIENT_ID": "mcp-resource-server",
@@ -133,6 +136,11 @@ def test_oidc_provider_scope_and_audience_enforced(
     garbage = rs.post("not-a-token", "read_data")
     assert garbage.status_code == 401
     assert 'error="invalid_token", error_description="' in garbage.headers["WWW-Authenticate"]
+    elsewhere = peer.client_credentials_token("read write admin", resource=OTHER_RESOURCE)
+    refused = rs.post(elsewhere, "read_data")
+    assert refused.status_code == 401, refused.text
+    challenge = refused.headers["WWW-Authenticate"]
+    assert 'error="invalid_token"' in challenge and "audience" in challenge, challenge
 
 
 # -- Entra ID (imitated) -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 
 import httpx
@@ -304,10 +306,16 @@ def test_client_credentials_for_confidential_clients_only(provider):
     )
 
 
-def test_tokens_are_long_random_strings(provider, alice):
-    tokens = tokens_for(provider, alice)
-    for value in (tokens["access_token"], tokens["refresh_token"]):
-        assert len(value) >= 43  # 32 random bytes, base64url
+def test_tokens_are_distinct_base64url_strings_of_256_bits(provider, alice):
+    """Each token is 32 bytes in base64url (RFC 6749 §10.10: not guessable), and no two
+    issued tokens are alike, nor share a prefix a counter or a timestamp would leave."""
+    answers = [tokens_for(provider, alice) for _ in range(3)]
+    values = [answer[kind] for answer in answers for kind in ("access_token", "refresh_token")]
+    assert len(values) == 6 and len(set(values)) == 6  # three access and three refresh tokens
+    for value in values:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", value), value
+        assert len(base64.urlsafe_b64decode(value + "=")) == 32
+    assert len({value[:8] for value in values}) == 6
 
 
 # -- introspection and revocation ------------------------------------------------------------

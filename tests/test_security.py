@@ -32,6 +32,7 @@ import sqlalchemy
 from sqlalchemy import delete, select, update
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
+from mcp_oauth.provider.storage.login_throttle import LOGIN_FAILURE_WINDOW, MAX_LOGIN_BACKOFF
 from mcp_oauth.provider.storage.schema import authorization_codes, login_failures, tokens
 from tests.conftest import POSTGRES_ADMIN_URL, RS_SECRET, Provider, start_provider
 from tests.oauth_helpers import (
@@ -152,6 +153,13 @@ def clone(browser: Browser) -> Browser:
 
 def is_postgres(provider: Provider) -> bool:
     return provider.database_url.startswith("postgresql")
+
+
+def assert_error_page_without_redirect(response: httpx.Response) -> None:
+    """The error is shown to the person (a 400 HTML page), not sent anywhere."""
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    assert "location" not in response.headers
+    assert response.headers["content-type"].startswith("text/html")
 
 
 def assert_no_redirect_off_site(response: httpx.Response, origin: str) -> None:
@@ -680,7 +688,7 @@ def test_no_silent_error_redirect_to_a_freshly_registered_web_client(provider):
         client_id=attacker["client_id"], redirect_uri="https://evil.example/landing", scope="x"
     )
     response = Browser(provider.url).authorize(decision=None, **params)  # nobody signed in
-    assert "location" not in response.headers
+    assert_error_page_without_redirect(response)
 
 
 def test_no_silent_error_redirect_to_a_freshly_registered_web_client_when_signed_in(
@@ -691,7 +699,7 @@ def test_no_silent_error_redirect_to_a_freshly_registered_web_client_when_signed
         client_id=attacker["client_id"], redirect_uri="https://evil.example/landing", scope="x"
     )
     response = alice_twin.authorize(decision=None, **params)
-    assert "location" not in response.headers
+    assert_error_page_without_redirect(response)
 
 
 def _one_iss(response: httpx.Response) -> dict:
@@ -819,17 +827,45 @@ def test_throttling_state_survives_a_restart(throttle_reset):
     assert response.status_code == 429 and wait_seconds(response) > 200
 
 
-def test_old_login_failures_are_forgotten(throttle_reset):
-    address = fake_address()
-    with database(throttle_reset) as conn:
+def record_failures(provider: Provider, key: str, failures: int, seconds_ago: int) -> None:
+    """Sign-in failures as the provider stores them, the last one `seconds_ago`: time passes
+    in the database, not in the test."""
+    with database(provider) as conn:
         conn.execute(
             sqlalchemy.insert(login_failures).values(
-                key=f"addr:{address}", failures=40, last_failure_at=int(time.time()) - 7 * 86400
+                key=key, failures=failures, last_failure_at=int(time.time()) - seconds_ago
             )
         )
+
+
+def test_old_login_failures_are_forgotten_after_fifteen_minutes(throttle_reset):
+    """Forty failures whose last one is a little over 15 minutes old count as none: a wrong
+    password then starts counting afresh, and the right one passes at once."""
+    address = fake_address()
+    record_failures(throttle_reset, f"addr:{address}", 40, LOGIN_FAILURE_WINDOW + 5)
     browser = Browser(throttle_reset.url)
     assert try_login(browser, "nobody", "wrong", address).status_code == 401
     assert try_login(browser, "alice", "password123", address).status_code == 303
+
+
+def test_login_failures_within_fifteen_minutes_still_count(throttle_reset):
+    """Forty failures, the last ten minutes ago: their wait is over, but they are not
+    forgotten, so one more failure means the longest wait again, even for the right password."""
+    address = fake_address()
+    record_failures(throttle_reset, f"addr:{address}", 40, LOGIN_FAILURE_WINDOW - 300)
+    browser = Browser(throttle_reset.url)
+    assert try_login(browser, "nobody", "wrong", address).status_code == 401
+    throttled = try_login(browser, "alice", "password123", address)
+    assert throttled.status_code == 429 and wait_seconds(throttled) > 200
+
+
+def test_the_wait_after_many_failures_is_at_most_five_minutes(throttle_reset):
+    """However many failures an account has, the wait after the last one is capped at 300 s
+    (SECURITY.md: a brake, not a lock), and the right password is refused during it."""
+    record_failures(throttle_reset, "user:admin", 60, 0)
+    response = try_login(Browser(throttle_reset.url), "admin", "admin789", fake_address())
+    assert response.status_code == 429
+    assert 200 < wait_seconds(response) <= MAX_LOGIN_BACKOFF == 300
 
 
 def test_unknown_user_and_wrong_password_look_and_take_the_same(sqlite_provider):
@@ -953,11 +989,25 @@ def test_session_cookie_is_secure_when_the_issuer_is_https(tmp_path):
         handle.process.stop()
 
 
-def test_logout_without_csrf_does_not_claim_success(sqlite_provider):
+def signed_in_on(browser: Browser) -> bool:
+    """Whether the provider sees this browser as signed in: /device asks for a password
+    only when it does not."""
+    return 'name="password"' not in browser.http.get("/device").text
+
+
+def test_logout_without_csrf_keeps_the_session_and_with_it_ends_it(sqlite_provider):
+    """A page elsewhere cannot sign the user out (no CSRF token: refused, still signed in);
+    the provider's own form, which carries the token, does sign out."""
     browser = Browser(sqlite_provider.url, "bob", "secret456")
-    response = browser.http.post("/logout", data={})
-    still_signed_in = 'name="password"' not in browser.http.get("/device").text
-    assert not (still_signed_in and "signed out" in response.text.lower())
+    assert signed_in_on(browser)
+    for forged in ({}, {"csrf_token": "not-the-token"}):
+        refused = browser.http.post("/logout", data=forged)
+        assert refused.status_code == 400 and "signed out" not in refused.text.lower()
+        assert signed_in_on(browser)
+    token = browser.form_fields(browser.http.get("/device"))["csrf_token"]
+    done = browser.http.post("/logout", data={"csrf_token": token})
+    assert done.status_code == 200 and "signed out" in done.text.lower()
+    assert not signed_in_on(browser)
 
 
 # -- logs -------------------------------------------------------------------------------------
@@ -1253,13 +1303,17 @@ def _echoing_requests(url: str, odd: str) -> dict[str, httpx.Response]:
 @pytest.mark.parametrize(
     "odd", ['"', "\\", "ü", "\x7f"], ids=["quote", "backslash", "umlaut", "DEL"]
 )
-def test_odd_characters_echoed_in_errors_get_a_4xx(provider, odd):
-    crashed = {
-        name: response.status_code
-        for name, response in _echoing_requests(provider.url, odd).items()
-        if response.status_code >= 500
-    }
-    assert not crashed, crashed
+def test_odd_characters_echoed_in_errors_get_a_4xx_or_an_error_redirect(provider, odd):
+    """Each answer is the request's error: a 4xx, or (an authorization request whose redirect
+    URI was verified) a redirect carrying `error`; never a 5xx, never a success."""
+    wrong = {}
+    for name, response in _echoing_requests(provider.url, odd).items():
+        if response.status_code in (302, 303):
+            if "error" not in redirect_query(response):
+                wrong[name] = response.headers["location"]
+        elif not 400 <= response.status_code < 500:
+            wrong[name] = response.status_code
+    assert not wrong, wrong
 
 
 NUL_CASES = {
@@ -1448,7 +1502,8 @@ def _raw_request(url: str, request: bytes) -> bytes:
 )
 def test_malformed_http_gets_a_4xx(provider, request_bytes):
     answer = _raw_request(provider.url, request_bytes)
-    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1") else 400
+    assert answer.startswith(b"HTTP/1.1 "), answer[:300]  # an HTTP answer, not a bare close
+    status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500, answer[:300]
     assert b"Traceback" not in answer
 
