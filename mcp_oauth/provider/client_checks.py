@@ -187,10 +187,12 @@ def name_skeleton(name: str) -> str:
 
 
 def imitates(skeleton: str, operator_skeleton: str) -> bool:
-    """One name is the other, or holds it or most of it ("Acme" and "Acme official", "MCP
-    client" and "MCP client (desktop)"): at least half of the longer one."""
-    shorter, longer = sorted((skeleton, operator_skeleton), key=len)
-    return bool(shorter) and shorter in longer and 2 * len(shorter) >= len(longer)
+    """The name holds the operator's ("Acme" and "Acme official"), or is the first half or
+    more of it ("MCP client" and "MCP client (desktop)")."""
+    return bool(operator_skeleton) and (
+        operator_skeleton in skeleton
+        or (operator_skeleton.startswith(skeleton) and 2 * len(skeleton) >= len(operator_skeleton))
+    )
 
 
 def registered_client_name(name: str, operator_names: Iterable[str]) -> str:
