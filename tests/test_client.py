@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 import httpx2
 import pytest
+import yaml
 from mcp.shared.auth import OAuthClientInformationFull
 
 from mcp_oauth.client.authorization_code import AuthorizationRequest, authorization_code_flow
@@ -245,6 +246,77 @@ def test_pre_registered_client_id_skips_registration(user):
     assert not re.search(r"POST \S+/register", result.stderr)
     assert "client_id=mcp-client" in result.stderr
     assert "│ client id   │ mcp-client" in result.stdout
+
+
+CONFIDENTIAL_SECRET = "confidential-app-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def confidential_stack(tmp_path_factory) -> Stack:
+    """A provider whose users.yaml adds a confidential client with a loopback redirect URI."""
+    tmp = tmp_path_factory.mktemp("confidential-stack")
+    users = yaml.safe_load((ROOT / "users.yaml").read_text())
+    users["clients"].append(
+        {
+            "client_id": "confidential-app",
+            "client_name": "A confidential app",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "client_secret_env": "CONFIDENTIAL_APP_SECRET",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "scope": "read write",
+        }
+    )
+    (tmp / "users.yaml").write_text(yaml.safe_dump(users))
+    rs_port = free_port()
+    mcp_url = f"http://127.0.0.1:{rs_port}/mcp"
+    provider = start_provider(
+        tmp,
+        env={"MCP_RS_CLIENT_SECRET": RS_SECRET, "CONFIDENTIAL_APP_SECRET": CONFIDENTIAL_SECRET},
+        args=["--users", str(tmp / "users.yaml")],
+        resource=mcp_url,
+    )
+    rs = start_resource_server(
+        tmp, rs_port, {"OAUTH_PROVIDER_URL": provider.url, "MCP_RS_CLIENT_SECRET": RS_SECRET}
+    )
+    servers = Stack(provider.url, mcp_url, [provider.process, rs])
+    yield servers
+    servers.stop()
+
+
+def test_pre_registered_confidential_client_authenticates_with_its_secret(
+    tmp_path, confidential_stack
+):
+    """--client-secret (here MCP_CLIENT_SECRET): the secret goes to the token endpoint as the
+    provider prefers (client_secret_basic), is kept only in the owner-only cache, never shown."""
+    user = User(tmp_path, confidential_stack.mcp_url)
+    user.env["MCP_CLIENT_SECRET"] = CONFIDENTIAL_SECRET
+    result = user.run(*headless("bob"), "--client-id", "confidential-app", "--trace", "whoami")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"POST \S+/token  Authorization: Basic ‹redacted›", result.stderr)
+    assert CONFIDENTIAL_SECRET not in result.stdout + result.stderr
+    cache = user.cache("bob")
+    assert CONFIDENTIAL_SECRET in cache.read_text()
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+
+    user.env["MCP_CLIENT_SECRET"] = "not-the-secret"
+    cache.unlink()
+    wrong = user.run(*headless("bob"), "--client-id", "confidential-app", "whoami")
+    assert_one_line_failure(wrong, "invalid_client")
+    assert "not-the-secret" not in wrong.stderr
+
+
+def test_one_authorization_request_per_sign_in(user, stack):
+    """The authorization URL is requested once, by whoever walks the pages: in browser mode
+    the browser alone (no pre-flight by the client); headless, the client once, as a browser."""
+    code, _, err = sign_in_through_browser(user, stack, "bob", "--trace", "whoami")
+    assert code == 0, err
+    assert "browser → callback" in err
+    assert not re.search(r"client → provider  GET \S+/authorize", err), err
+    headless_run = user.run(*headless("alice"), "--trace", "call", "read_data")
+    assert headless_run.returncode == 0, headless_run.stderr
+    before_login = headless_run.stderr.split("/login")[0]
+    assert len(re.findall(r"client → provider  GET \S+/authorize\?", before_login)) == 1
 
 
 def test_client_metadata_document_falls_back_to_registration_when_unsupported(user):

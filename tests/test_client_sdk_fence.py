@@ -30,6 +30,7 @@ from mcp_oauth.client.sdk_internals import (
     FACTORY_OPTIONS,
     TRANSPORT_FAILURES,
     CallToolResult,
+    DiscoverFirstTransport,
     mcp_http_client_factory,
 )
 from tests.support import ROOT, free_port
@@ -151,6 +152,43 @@ def test_an_unreachable_server_is_a_transport_failure_and_never_resumes_the_auth
     assert noted.answers == [], (
         "httpx2 resumed an Auth flow whose request was never sent; "
         "session.BearerToken.unanswered would be wrong"
+    )
+
+
+class SignInFirst(Exception):
+    """What DiscoverFirstTransport's `refusal` hands the SDK in the test below."""
+
+
+def test_a_refused_discover_probe_ends_the_connection_without_an_initialize(refusing_server):
+    """session.McpSession relies on this: a 401 to `server/discover` ends the connection with
+    the exception `refusal()` returns (fastmcp wraps it in a RuntimeError, a transport failure
+    the session already reads the noted 401 from), and no 2025 `initialize` follows it."""
+    noted = NotingAuth()
+
+    async def attempt() -> None:
+        transport = DiscoverFirstTransport(
+            refusing_server,
+            refusal=SignInFirst,
+            auth=noted,
+            httpx_client_factory=mcp_http_client_factory({}),
+        )
+        async with Client(transport):
+            pass
+
+    with pytest.raises(TRANSPORT_FAILURES) as raised:  # fastmcp: "Client failed to connect"
+        asyncio.run(attempt())
+    causes = []
+    cause: BaseException | None = raised.value
+    while cause is not None:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    assert any(isinstance(cause, SignInFirst) for cause in causes), (
+        f"{UPGRADE}: the refusal no longer ends the connection attempt: {causes!r}"
+    )
+    assert noted.answers == [401], (
+        f"{UPGRADE}: after a refused server/discover the SDK sent {len(noted.answers) - 1} more "
+        "requests (the initialize fallback?); ClientSession.send_discover is no longer the "
+        "probe's one door, or an exception from it no longer stops negotiate_auto"
     )
 
 

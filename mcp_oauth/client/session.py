@@ -98,8 +98,9 @@ class McpSession:
 
     async def _connect(self) -> None:
         """Connect as the 2026-07-28 revision says: `server/discover` first. A 401/403 to it
-        means "sign in", not "a 2025 server": it raises Refused, so the 2025 `initialize`
-        fallback is only for servers that answer the (signed-in) probe as 2025 servers do."""
+        means "sign in", not "a 2025 server": it ends this connection attempt (`_attempt` reads
+        the noted answer), so the 2025 `initialize` fallback is only for servers that answer
+        the probe as 2025 servers do."""
         transport = DiscoverFirstTransport(
             self.url,
             refusal=self._refused,
