@@ -89,7 +89,7 @@ environment:
                                  fewer provider calls, but a revoked token keeps working that long
   MCP_INTROSPECTION_REFUSAL_TTL  seconds a refused token stays refused without asking again
                                  (default 5)
-  MCP_INTROSPECTION_CACHE_SIZE   most tokens kept in the cache (default 10000)
+  MCP_INTROSPECTION_CACHE_SIZE   most accepted tokens cached, and as many refusals (default 10000)
   MCP_DATABASE_URL               SQLAlchemy URL of this server's own records and notes
                                  (default sqlite:///data/mcp_resource_server.db)
 {SETTINGS_HELP}"""
