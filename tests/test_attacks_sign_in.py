@@ -7,49 +7,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import update
 
 from mcp_oauth.provider.storage.login_throttle import FREE_LOGIN_FAILURES, backoff_schedule
-from mcp_oauth.provider.storage.schema import login_failures, sessions
-from tests.conftest import Provider, start_provider
+from mcp_oauth.provider.storage.schema import sessions
+from tests import test_security
+from tests.conftest import Provider
 from tests.oauth_helpers import Browser, auth_params
 from tests.test_security import (
     database,
     device_start,
     fake_address,
-    fresh_postgres_database,
     login_form,
     try_login,
 )
 
+# test_security's fixtures: a provider with a database of its own (these tests throttle real
+# accounts), on SQLite and PostgreSQL, its failed sign-ins deleted before each test.
+own_provider = test_security.own_provider
+throttle_reset = test_security.throttle_reset
+
 BURST = 60
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def own_provider(request, tmp_path_factory) -> Iterator[Provider]:
-    """A provider with a database of its own: these tests throttle real accounts."""
-    tmp = tmp_path_factory.mktemp("sign-in-attacks")
-    if request.param == "sqlite":
-        handle = start_provider(tmp)
-        yield handle
-        handle.process.stop()
-        return
-    request.getfixturevalue("postgres_database")  # checks PostgreSQL is up
-    with fresh_postgres_database() as url:
-        handle = start_provider(tmp, url)
-        yield handle
-        handle.process.stop()
-
-
-@pytest.fixture
-def provider(own_provider) -> Provider:
-    with database(own_provider) as conn:
-        conn.execute(delete(login_failures))
-    return own_provider
 
 
 def most_checks_within(seconds: float) -> int:
@@ -98,37 +78,40 @@ def checked(answers) -> list[httpx.Response]:
     return [answer for answer in answers if answer.status_code in (401, 303)]
 
 
-def test_a_burst_of_guesses_for_one_account_is_throttled_within_the_burst(provider):
+def test_a_burst_of_guesses_for_one_account_is_throttled_within_the_burst(throttle_reset):
     """Sixty concurrent guesses for bob, each from another address, the right password among
     the last: each attempt is reserved before argon2 runs, so at most the free attempts (and
     one per backoff wait that fits in the burst) reach the password check; when the burst is
     over within the first wait, the right password inside it is refused too."""
     guesses = [("bob", f"guess-{n}", fake_address()) for n in range(BURST)]
     guesses[-3] = ("bob", "secret456", fake_address())
-    answers, seconds = burst(provider, guesses)
+    answers, seconds = burst(throttle_reset, guesses)
     assert len(checked(answers)) <= most_checks_within(seconds), (seconds, len(checked(answers)))
     if most_checks_within(seconds) == FREE_LOGIN_FAILURES:
         assert answers[-3].status_code == 429
 
 
-def test_a_burst_from_one_address_across_accounts_is_throttled_within_the_burst(provider):
+def test_a_burst_from_one_address_across_accounts_is_throttled_within_the_burst(throttle_reset):
     """The same burst spread over sixty account names from one address (password spraying),
     alice's right password among the last: the address's own count stops it."""
     address = fake_address()
     guesses = [(f"nobody-{n}", "wrong", address) for n in range(BURST)]
     guesses[-3] = ("alice", "password123", address)
-    answers, seconds = burst(provider, guesses)
+    answers, seconds = burst(throttle_reset, guesses)
     assert len(checked(answers)) <= most_checks_within(seconds), (seconds, len(checked(answers)))
     if most_checks_within(seconds) == FREE_LOGIN_FAILURES:
         assert answers[-3].status_code == 429
 
 
-def test_a_success_gives_back_its_reserved_attempt(provider):
+def test_a_success_gives_back_its_reserved_attempt(throttle_reset):
     """A reservation is no failure: signing in rightly from one address many times never
     throttles that address."""
     address = fake_address()
     for _ in range(FREE_LOGIN_FAILURES + 2):
-        assert try_login(Browser(provider.url), "alice", "password123", address).status_code == 303
+        assert (
+            try_login(Browser(throttle_reset.url), "alice", "password123", address).status_code
+            == 303
+        )
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -146,12 +129,12 @@ def copy_of(browser: Browser) -> Browser:
     return thief
 
 
-def test_a_session_cookie_copied_before_logout_approves_nothing_after_it(provider):
-    alice = Browser(provider.url, "alice", "password123")
+def test_a_session_cookie_copied_before_logout_approves_nothing_after_it(throttle_reset):
+    alice = Browser(throttle_reset.url, "alice", "password123")
     params, _ = auth_params()
     consent = alice.http.get("/authorize", params=params)
     fields = {**alice.form_fields(consent), "decision": "approve"}
-    user_code = device_start(provider.url)["user_code"]
+    user_code = device_start(throttle_reset.url)["user_code"]
     thief = copy_of(alice)
     assert not signed_out(thief)  # the copy is a working session before the logout
     logout = alice.http.post("/logout", data={"csrf_token": fields["csrf_token"]})
@@ -166,10 +149,10 @@ def test_a_session_cookie_copied_before_logout_approves_nothing_after_it(provide
     assert "Device connected" not in device.text and 'name="password"' in device.text
 
 
-def test_a_session_ends_when_its_lifetime_is_over(provider):
-    bob = Browser(provider.url, "bob", "secret456")
+def test_a_session_ends_when_its_lifetime_is_over(throttle_reset):
+    bob = Browser(throttle_reset.url, "bob", "secret456")
     assert not signed_out(bob)
-    with database(provider) as conn:
+    with database(throttle_reset) as conn:
         conn.execute(
             update(sessions)
             .where(sessions.c.username == "bob")
@@ -178,10 +161,10 @@ def test_a_session_ends_when_its_lifetime_is_over(provider):
     assert signed_out(bob)
 
 
-def test_signing_in_again_ends_the_previous_session_of_that_browser(provider):
+def test_signing_in_again_ends_the_previous_session_of_that_browser(throttle_reset):
     """A browser that signs in anew (as someone else) leaves no live session behind that a
     copy of its earlier cookie could use."""
-    browser = Browser(provider.url, "bob", "secret456")
+    browser = Browser(throttle_reset.url, "bob", "secret456")
     earlier = copy_of(browser)
     browser.sign_in("alice", "password123")
     assert not signed_out(browser) and signed_out(earlier)
