@@ -37,6 +37,7 @@ from mcp_oauth.provider.endpoints import (
     ClientRegistration,
     DeviceAuthorization,
     Introspection,
+    RegistrationLimit,
     Revocation,
 )
 from mcp_oauth.provider.grants import (
@@ -54,6 +55,7 @@ from mcp_oauth.provider.metadata import server_metadata, well_known_paths
 from mcp_oauth.provider.pages import message_page
 from mcp_oauth.provider.passwords import hash_password
 from mcp_oauth.provider.sign_in import SignIn
+from mcp_oauth.provider.storage.janitor import Janitor, Retention
 from mcp_oauth.provider.storage.sessions import SESSION_LIFETIME
 from mcp_oauth.provider.storage.store import Store
 from mcp_oauth.provider.token_minter import TokenLifetimes, TokenMinter
@@ -130,6 +132,25 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
         help="opaque random tokens, or RFC 9068 JWTs signed with the key at "
         "/jwks.json (env OAUTH_ACCESS_TOKEN_FORMAT; default opaque)",
     )
+    for flag, env_name, default, meaning in [
+        ("--refresh-grace-seconds", "OAUTH_REFRESH_GRACE_SECONDS", 30,
+         "how long a client may retry a refresh whose answer it lost and get the same "
+         "tokens (0: never; a second use is then always a replay)"),
+        ("--registrations-per-hour", "OAUTH_REGISTRATIONS_PER_HOUR", 20,
+         "registrations per client address and hour (0: no limit)"),
+        ("--janitor-interval-seconds", "OAUTH_JANITOR_INTERVAL_SECONDS", 600,
+         "how often expired rows are deleted (0: never)"),
+        ("--retention-seconds", "OAUTH_RETENTION_SECONDS", 24 * 3600,
+         "how long expired codes, device codes and tokens are kept before deletion"),
+        ("--unused-client-seconds", "OAUTH_UNUSED_CLIENT_SECONDS", 24 * 3600,
+         "age at which a self-registered client without tokens is deleted"),
+    ]:  # fmt: skip
+        parser.add_argument(
+            flag,
+            type=int,
+            default=int(env(env_name, str(default))),
+            help=f"{meaning} (env {env_name}; default {default})",
+        )
     parser.add_argument(
         "--log-level",
         default=env("OAUTH_LOG_LEVEL", "info"),
@@ -148,7 +169,7 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
 def load_users(settings: argparse.Namespace) -> UsersFile:
     """Accounts, clients and resources; the provider's own /userinfo is a resource too: the
     downstream API the resource server calls on behalf of a user (RFC 8693 token exchange)."""
-    users = load_users_file(settings.users, settings.resource)
+    users = load_users_file(settings.users, settings.resource, settings.issuer)
     userinfo_url = f"{settings.issuer}/userinfo"
     users.resources[userinfo_url] = Resource(
         userinfo_url, "Profile API (userinfo)", frozenset({"read"})
@@ -170,6 +191,7 @@ def open_store(settings: argparse.Namespace, users: UsersFile) -> Store:
                 "response_types": ["code"] if "authorization_code" in client.grant_types else [],
                 "scope": client.scope,
                 "token_endpoint_auth_method": client.token_endpoint_auth_method,
+                **({"exchange": client.exchange.as_metadata()} if client.exchange else {}),
             },
             resource_server=client.resource_server,
             may_exchange_tokens=client.may_exchange_tokens,
@@ -189,7 +211,9 @@ def token_minter(settings: argparse.Namespace, store: Store) -> TokenMinter:
     )
     return TokenMinter(
         settings.issuer,
-        TokenLifetimes(access=settings.access_token_ttl, refresh=settings.refresh_token_ttl),
+        TokenLifetimes(
+            settings.access_token_ttl, settings.refresh_token_ttl, settings.refresh_grace_seconds
+        ),
         settings.access_token_format,
         signing_key,
     )
@@ -220,7 +244,7 @@ def authorization_server(
 # -- routes: a route named like an RFC 8414 metadata key gives that key's URL -----------------
 
 
-def routes(server: AuthorizationServer) -> list[BaseRoute]:
+def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[BaseRoute]:
     sign_in = SignIn(server.accounts, server.store.login_throttle, server.store.sessions)
     admin = AdminApi(server)
     userinfo = Userinfo(f"{server.issuer_url}/userinfo", server.store.tokens, server.accounts)
@@ -247,7 +271,16 @@ def routes(server: AuthorizationServer) -> list[BaseRoute]:
         Route("/token", server.token_endpoint, methods=["POST"]),
         Route("/introspect", server.introspection_endpoint, methods=["POST"]),
         Route("/revoke", server.revocation_endpoint, methods=["POST"]),
-        Route("/register", server.registration_endpoint, methods=["POST"]),
+        Route(
+            "/register",
+            RegistrationLimit(
+                server.registration_endpoint,
+                server.store.rate_limits,
+                settings.registrations_per_hour,
+            ).serve,
+            methods=["POST"],
+            name="registration_endpoint",
+        ),
         Route("/device_authorization", server.device_authorization_endpoint, methods=["POST"]),
         Route("/admin/grants", admin.live_grants, methods=["GET"]),
         Route("/admin/revoke-user", admin.revoke_user, methods=["POST"]),
@@ -279,7 +312,7 @@ def build_app(settings: argparse.Namespace) -> Starlette:
     users = load_users(settings)
     store = open_store(settings, users)
     server = authorization_server(settings, users, store, token_minter(settings, store))
-    app_routes = routes(server)
+    app_routes = routes(server, settings)
     server.metadata = server_metadata(server, app_routes)
     session_secret = store.server_secret("session_secret", new_secret)
     return Starlette(
@@ -296,6 +329,9 @@ def build_app(settings: argparse.Namespace) -> Starlette:
             ),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+        lifespan=Janitor(
+            store.db, Retention(settings.retention_seconds, settings.unused_client_seconds)
+        ).running_every(settings.janitor_interval_seconds),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from urllib.parse import unquote
 
@@ -20,6 +21,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidScopeError,
     OAuth2Error,
 )
+from authlib.oauth2.rfc7591.errors import InvalidClientMetadataError, InvalidRedirectURIError
 
 from mcp_oauth.common.scopes import scope_set, scope_str
 from mcp_oauth.common.text import printable
@@ -105,6 +107,33 @@ def check_scope_known(scope: str | None, supported: list[str]) -> None:
         raise InvalidScopeError(f"unknown scope: {printable(scope_str(unknown))}")
 
 
+# -- registration size (RFC 7591) -------------------------------------------------------------
+
+MAX_REGISTRATION_BYTES = 8 * 1024  # the whole metadata document, as JSON
+MAX_REDIRECT_URIS = 10
+MAX_REDIRECT_URI_LENGTH = 2048
+
+
+def check_registration_size(data: dict) -> None:
+    """RFC 7591 §3.2.2: metadata this server will not store is invalid_client_metadata (or
+    invalid_redirect_uri). Open registration must not let one request store much: the
+    document is at most MAX_REGISTRATION_BYTES, with at most MAX_REDIRECT_URIS redirect URIs
+    of at most MAX_REDIRECT_URI_LENGTH characters each."""
+    size = len(json.dumps(data, ensure_ascii=False).encode())
+    if size > MAX_REGISTRATION_BYTES:
+        raise InvalidClientMetadataError(
+            f"client metadata is {size} bytes; at most {MAX_REGISTRATION_BYTES} are accepted"
+        )
+    uris = data.get("redirect_uris")
+    if isinstance(uris, list):
+        if len(uris) > MAX_REDIRECT_URIS:
+            raise InvalidRedirectURIError(f"at most {MAX_REDIRECT_URIS} redirect_uris")
+        if any(isinstance(uri, str) and len(uri) > MAX_REDIRECT_URI_LENGTH for uri in uris):
+            raise InvalidRedirectURIError(
+                f"a redirect URI may have at most {MAX_REDIRECT_URI_LENGTH} characters"
+            )
+
+
 # -- token exchange (RFC 8693) ---------------------------------------------------------------
 
 
@@ -121,7 +150,8 @@ def check_exchange_token_types(form: dict) -> None:
 
 def check_subject_token(subject: TokenRecord | None) -> TokenRecord:
     """RFC 8693 §2.2.2: a subject_token that is not an active user's access token is
-    invalid_grant (there must be a user to act on behalf of)."""
+    invalid_grant (there must be a user to act on behalf of; a refresh token is never found
+    as one)."""
     if subject is None or subject.is_expired() or subject.is_revoked():
         raise InvalidGrantError("subject_token is not an active access token")
     if subject.username is None:
@@ -129,11 +159,31 @@ def check_subject_token(subject: TokenRecord | None) -> TokenRecord:
     return subject
 
 
-def check_exchange_target(target: str | None, known: dict) -> str:
-    """RFC 8693 §2.1 with §2.2.2: `audience` or `resource` names a known downstream API,
-    otherwise invalid_target."""
+def check_subject_token_is_for_client(subject: TokenRecord, serves: frozenset[str]) -> None:
+    """RFC 8693 §1.1 and §2.2.2 (unacceptable by policy), RFC 8707 §2: a client exchanges
+    only tokens issued for a resource it is (their audience), so it cannot launder tokens
+    that other clients or other resources received."""
+    if subject.resource not in serves:
+        raise InvalidGrantError("subject_token was not issued for a resource this client serves")
+
+
+def check_subject_not_exchanged(subject: TokenRecord, accepts_exchanged: bool) -> None:
+    """RFC 8693 §4.1 allows delegation chains; this server refuses a token that is itself the
+    product of an exchange unless the client is configured to accept one, so each hop of a
+    chain is a decision made in users.yaml (and its lifetime stays capped either way)."""
+    if subject.actors and not accepts_exchanged:
+        raise InvalidGrantError(
+            "subject_token came from a token exchange; it is not exchanged again"
+        )
+
+
+def check_exchange_target(target: str | None, known: dict, allowed: frozenset[str]) -> str:
+    """RFC 8693 §2.1 with §2.2.2: `audience` or `resource` names a known downstream API that
+    this client may ask for (users.yaml `exchange.audiences`), otherwise invalid_target."""
     if target not in known:
         raise InvalidTargetError(f"unknown audience or resource: {printable(target)}")
+    if target not in allowed:
+        raise InvalidTargetError(f"this client may not ask for tokens for {printable(target)}")
     return target
 
 

@@ -111,3 +111,37 @@ sessions = Table(
     Column("created_at", Integer, nullable=False),
     Column("expires_at", Integer, nullable=False, index=True),
 )
+
+# Tokens issued by token exchange (RFC 8693): the token each was exchanged for, so revoking
+# that subject token revokes them too, and the chain of actors, nearest first (RFC 8693 §4.1).
+token_exchanges = Table(
+    "token_exchanges",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("subject_hash", String(64), nullable=False, index=True),
+    Column("actors", Text, nullable=False),  # JSON list of client ids
+)
+
+# The answer to a refresh, kept for a short grace so that a client whose reply was lost (a
+# crash, a dropped connection) gets the same tokens again by retrying with the refresh token
+# it presented. Sealed with a key derived from that refresh token: the row alone reveals
+# nothing (refresh_replies.py).
+refresh_replies = Table(
+    "refresh_replies",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # the refresh token presented
+    Column("successor_hash", String(64), nullable=False, index=True),  # the one it bought
+    Column("client_id", String(200), nullable=False),
+    Column("sealed", Text, nullable=False),  # JWE (dir, A256GCM) of the token answer
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False, index=True),
+)
+
+# Fixed-window request counters (e.g. registrations per client address), shared by replicas.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("resets_at", Integer, nullable=False, index=True),
+)

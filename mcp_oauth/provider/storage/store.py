@@ -15,6 +15,7 @@ from mcp_oauth.provider.storage.codes import CodeStore
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.devices import DeviceStore
 from mcp_oauth.provider.storage.login_throttle import LoginThrottle
+from mcp_oauth.provider.storage.rate_limits import RateLimits
 from mcp_oauth.provider.storage.sessions import SessionStore
 from mcp_oauth.provider.storage.tokens import TokenStore
 
@@ -30,6 +31,7 @@ class Store:
         self.codes = CodeStore(self.db, self.tokens)
         self.devices = DeviceStore(self.db)
         self.login_throttle = LoginThrottle(self.db)
+        self.rate_limits = RateLimits(self.db)
         self.sessions = SessionStore(self.db)
 
     def server_secret(self, name: str, create: Callable[[], str]) -> str:

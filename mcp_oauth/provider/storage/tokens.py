@@ -154,10 +154,10 @@ class TokenStore:
         old: TokenRecord,
         family: TokenFamily,
         issued: list[IssuedToken],
-        answer: dict,
+        answer: dict | None = None,
         *,
-        presented: str,
-        grace: int,
+        presented: str = "",
+        grace: int = 0,
     ) -> bool:
         """Spend the refresh token and store its successors, atomically; with a grace,
         also the answer, sealed under the presented token (refresh_replies.py).
@@ -165,7 +165,7 @@ class TokenStore:
         False when it was spent or revoked already: the caller then revokes the family
         (unless the grace gives the same answer again). The family row is locked first.
         """
-        sealed = self.replies.seal(presented, answer) if grace > 0 else None
+        sealed = self.replies.seal(presented, answer) if answer and grace > 0 else None
         with self.db.write() as conn:
             if not _lock_family(conn, old.family_id):
                 return False
