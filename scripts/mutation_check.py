@@ -5,11 +5,12 @@
     .venv/bin/python scripts/mutation_check.py --list     # the table
     .venv/bin/python scripts/mutation_check.py --only pkce-removed rs-iss-check-off -j 2
 
-For each named mutation: copy the repository's files (tracked and untracked, not ignored) to a
-temporary folder, replace the original snippet (which must occur exactly once, else the
-mutation is STALE: the code moved and the table must follow) and run only the paired tests
-there. A mutation is KILLED when those tests fail, SURVIVED when they pass. Exit status 0 only
-when every mutation selected is killed.
+First the baseline: every paired test must pass on an unmutated copy (otherwise a "kill"
+means nothing). Then, for each named mutation: copy the repository's files (tracked, and
+untracked ones git does not ignore) to a temporary folder, replace the original snippet
+(which must occur exactly once, else the mutation is STALE: the code moved and the table
+must follow) and run only the paired tests there. A mutation is KILLED when those tests
+fail, SURVIVED when they pass. Exit status 0 only when every mutation selected is killed.
 """
 
 from __future__ import annotations
@@ -566,6 +567,18 @@ def apply(mutation: Mutation, root: Path) -> str | None:
     return None
 
 
+def pytest_in(
+    root: Path, python: str, nodes: list[str]
+) -> tuple[subprocess.CompletedProcess, float]:
+    """Run these tests in `root` (stop at the first failure); the result and its seconds."""
+    started = time.monotonic()
+    command = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    command += [f"tests/{node}" for node in nodes]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
+    return done, time.monotonic() - started
+
+
 def run(mutation: Mutation, source: Path, python: str, verbose: bool) -> tuple[str, str]:
     """(outcome, detail) for one mutation: KILLED, SURVIVED, STALE or ERROR."""
     with tempfile.TemporaryDirectory(prefix=f"mutation-{mutation.name}-") as tmp:
@@ -574,22 +587,7 @@ def run(mutation: Mutation, source: Path, python: str, verbose: bool) -> tuple[s
         stale = apply(mutation, root)
         if stale:
             return "STALE", stale
-        started = time.monotonic()
-        command = [
-            python,
-            "-m",
-            "pytest",
-            "-x",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:randomly",
-        ]
-        command += [f"tests/{node}" for node in mutation.tests]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
-        seconds = time.monotonic() - started
+        done, seconds = pytest_in(root, python, list(mutation.tests))
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         if verbose:
             print(f"--- {mutation.name}\n{tail}", flush=True)
@@ -601,9 +599,10 @@ def run(mutation: Mutation, source: Path, python: str, verbose: bool) -> tuple[s
         return "ERROR", f"pytest exit {done.returncode} ({seconds:.0f} s):\n{tail}"
 
 
-def check_imports_from_copy(source: Path, python: str) -> None:
-    """The copy, not an installed checkout, must be what the tests import."""
-    with tempfile.TemporaryDirectory(prefix="mutation-probe-") as tmp:
+def check_baseline(source: Path, python: str, mutations: list[Mutation]) -> None:
+    """The copy, not an installed checkout, must be what the tests import, and every paired
+    test must pass there unmutated."""
+    with tempfile.TemporaryDirectory(prefix="mutation-baseline-") as tmp:
         copy_repository(source, Path(tmp))
         found = subprocess.run(
             [python, "-c", "import mcp_oauth; print(mcp_oauth.__file__)"],
@@ -614,6 +613,12 @@ def check_imports_from_copy(source: Path, python: str) -> None:
         ).stdout.strip()
         if not Path(found).resolve().is_relative_to(Path(tmp).resolve()):
             sys.exit(f"mutation_check: the copy imports mcp_oauth from {found}, not from itself")
+        nodes = list(dict.fromkeys(node for m in mutations for node in m.tests))
+        done, seconds = pytest_in(Path(tmp), python, nodes)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
+            sys.exit(f"mutation_check: the paired tests fail without any mutation:\n{tail}")
+        print(f"baseline: {len(nodes)} paired tests pass unmutated ({seconds:.0f} s)", flush=True)
 
 
 def main() -> int:
@@ -624,6 +629,9 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=ROOT, help="repository to copy")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter with the test dependencies"
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip running the paired tests unmutated first"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show each pytest tail")
     args = parser.parse_args()
@@ -640,7 +648,8 @@ def main() -> int:
             print(f"{m.name}\n  {m.file}: {m.promise}\n  killed by: {', '.join(m.tests)}")
         return 0
 
-    check_imports_from_copy(args.source, args.python)
+    if not args.no_baseline:
+        check_baseline(args.source, args.python, selected)
     outcomes: dict[str, list[str]] = {}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {
