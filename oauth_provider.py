@@ -141,7 +141,7 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
         ("--janitor-interval-seconds", "OAUTH_JANITOR_INTERVAL_SECONDS", 600,
          "how often expired rows are deleted (0: never)"),
         ("--retention-seconds", "OAUTH_RETENTION_SECONDS", 24 * 3600,
-         "how long expired codes, device codes and tokens are kept before deletion"),
+         "how long expired tokens (and the used codes that bought them) are kept"),
         ("--unused-client-seconds", "OAUTH_UNUSED_CLIENT_SECONDS", 24 * 3600,
          "age at which a self-registered client without tokens is deleted"),
     ]:  # fmt: skip

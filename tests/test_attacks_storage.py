@@ -109,7 +109,10 @@ def counts(database_url: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
 def test_the_janitor_removes_what_can_no_longer_matter(fresh_database, tmp_path):
-    provider = start_provider(tmp_path, fresh_database, args=["--janitor-interval-seconds", "0"])
+    settings = ["--janitor-interval-seconds", "0", "--refresh-grace-seconds", "30"]
+    provider = start_provider(
+        tmp_path, fresh_database, args=[*settings, "--registrations-per-hour", "20"]
+    )
     try:
         browser = Browser(provider.url, "alice", "password123")
         code_for(browser)  # a code never redeemed
@@ -138,6 +141,12 @@ def test_the_janitor_removes_what_can_no_longer_matter(fresh_database, tmp_path)
     janitor.sweep()
     assert counts(fresh_database)["tokens"] == before["tokens"]
     assert counts(fresh_database)["device_codes"] == before["device_codes"]
+    # Once the codes and the device code expired: they go (anyone can ask for them), except
+    # the redeemed code, kept while its tokens live so that a replay still revokes them.
+    janitor.sweep(at=int(time.time()) + 700)
+    after_codes = counts(fresh_database)
+    assert after_codes["device_codes"] == 0 and after_codes["authorization_codes"] == 1
+    assert after_codes["tokens"] == before["tokens"]
     # A month and a day later every token has expired long ago: all of it goes, and the
     # self-registered client that was never used; the pre-registered clients stay.
     janitor.sweep(at=int(time.time()) + 31 * 24 * HOUR + 2 * HOUR)

@@ -7,10 +7,12 @@ What is kept, and why:
   before replay detection looks at it (grants.py), so keeping it longer detects nothing;
   the retention only keeps recent history for the admin view and for debugging.
 - a used authorization code as long as a token it bought exists (a replayed code still
-  revokes them, RFC 6749 §4.1.2), an unused one until `retention` past its expiry.
+  revokes them, RFC 6749 §4.1.2); an unused one only until it expires (it can never be
+  replayed).
 - a token family while it holds a token; the exchange links of tokens that are gone.
-- device codes until `retention` past their expiry; refresh-grace answers once their grace
-  ended; login-failure rows once they no longer count; rate-limit windows once they ended.
+- device codes until they expire (anyone may ask for one, and an expired one is refused
+  whether it is stored or not); refresh-grace answers once their grace ended; login-failure
+  rows once they no longer count; rate-limit windows once they ended.
 - self-registered clients with no token family (never used, or every token long gone) once
   they are older than `unused_client` seconds; pre-registered clients always.
 """
@@ -46,7 +48,7 @@ JANITOR_LOCK = 7262002  # PostgreSQL advisory lock id: one sweeping replica at a
 
 @dataclass(frozen=True)
 class Retention:
-    retention: int = 24 * 3600  # seconds expired rows are kept
+    retention: int = 24 * 3600  # seconds expired tokens (and used codes) are kept
     unused_client: int = 24 * 3600  # seconds a self-registered client may stay unused
 
 
@@ -110,10 +112,13 @@ class Janitor:
             ),
             "authorization_codes": remove(
                 authorization_codes,
-                authorization_codes.c.expires_at < expired_before,
-                or_(authorization_codes.c.used_at.is_(None), ~token_of_code),
+                authorization_codes.c.expires_at < stamp,
+                or_(
+                    authorization_codes.c.used_at.is_(None),
+                    and_(authorization_codes.c.expires_at < expired_before, ~token_of_code),
+                ),
             ),
-            "device_codes": remove(device_codes, device_codes.c.expires_at < expired_before),
+            "device_codes": remove(device_codes, device_codes.c.expires_at < stamp),
             "refresh_replies": remove(refresh_replies, refresh_replies.c.expires_at <= stamp),
             "login_failures": remove(
                 login_failures, login_failures.c.last_failure_at <= stamp - LOGIN_FAILURE_WINDOW
