@@ -303,7 +303,7 @@ MUTATIONS = [
         "csrf-token-kept-at-sign-in",
         "mcp_oauth/provider/sign_in.py",
         '        request.session.update({"sid": session_id, "csrf": secrets.token_urlsafe(32)})',
-        '        request.session.update({"sid": session_id})',
+        '        request.session.update({"sid": session_id, "csrf": form["csrf_token"]})',
         AS + "new CSRF token at sign-in",
         (SEC + "test_sign_in_starts_a_new_csrf_token",),
     ),
