@@ -11,6 +11,7 @@ waits poll against deadlines derived from the setting under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -216,24 +217,38 @@ server.main()
 
 
 def test_a_tool_registered_without_a_scope_stops_the_server_from_starting(tmp_path):
+    """The server exits naming the tool, and never answers a request."""
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED_TOOL)
+    port = free_port()
     env = {
         "OAUTH_PROVIDER_URL": f"http://127.0.0.1:{free_port()}",  # nobody there: not needed
         "MCP_RS_CLIENT_SECRET": RS_SECRET,
         "MCP_DATABASE_URL": f"sqlite:///{tmp_path}/rs.db",
-        "PYTHONPATH": str(ROOT),
     }
-    started = subprocess.run(
-        [sys.executable, str(script), str(free_port())],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert started.returncode != 0
-    assert "tools without a scope: sneaky" in started.stdout + started.stderr
+    log = tmp_path / "unguarded.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, str(script), str(port)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while server.poll() is None:
+            assert time.monotonic() < deadline, "neither stopped nor serving after 60 s"
+            with contextlib.suppress(httpx.HTTPError):
+                answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+                pytest.fail(f"started with an unguarded tool (/metrics: {answer.status_code})")
+            time.sleep(0.2)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode != 0
+    assert "tools without a scope: sneaky" in log.read_text()
 
 
 def test_a_server_started_before_its_provider_serves_once_the_provider_is_up(tmp_path):
