@@ -225,6 +225,7 @@ def test_a_tool_registered_without_a_scope_stops_the_server_from_starting(tmp_pa
         "OAUTH_PROVIDER_URL": f"http://127.0.0.1:{free_port()}",  # nobody there: not needed
         "MCP_RS_CLIENT_SECRET": RS_SECRET,
         "MCP_DATABASE_URL": f"sqlite:///{tmp_path}/rs.db",
+        "PYTHONPATH": str(ROOT),  # the script lives elsewhere; the server's modules here
     }
     log = tmp_path / "unguarded.log"
     with log.open("wb") as out:
