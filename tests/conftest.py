@@ -86,7 +86,14 @@ def start_provider(
             database_url,
             *(args or []),
         ],
-        {"MCP_RS_CLIENT_SECRET": RS_SECRET, "OAUTH_RESOURCES": resource, **(env or {})},
+        {
+            "MCP_RS_CLIENT_SECRET": RS_SECRET,
+            "OAUTH_RESOURCES": resource,
+            # Every test registers from 127.0.0.1: the per-address registration limit is tested
+            # on its own (test_attacks_storage) and switched off for the shared providers.
+            "OAUTH_REGISTRATIONS_PER_HOUR": "0",
+            **(env or {}),
+        },
         f"{url}/.well-known/oauth-authorization-server",
         tmp_path / f"provider-{port}.log",
     ).start()

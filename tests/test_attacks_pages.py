@@ -113,16 +113,6 @@ def test_client_names_in_one_script_are_accepted(provider, name):
     assert registered(provider, client_name=name)["client_name"] == name
 
 
-# Until ClientRegistration stores registered_client_name(...) with the operator's names
-# (endpoints.py), these two fail: the protection is written, its call is not yet wired in.
-PENDING_WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="endpoints.py must store registered_client_name(name, operator names); see the "
-    "issue 11 sign-in report",
-)
-
-
-@PENDING_WIRING
 @pytest.mark.parametrize(
     "name",
     [
@@ -141,7 +131,6 @@ def test_client_names_imitating_an_operator_client_are_refused(provider, name):
     assert response.json()["error"] == "invalid_client_metadata"
 
 
-@PENDING_WIRING
 def test_client_names_are_stored_normalised(provider):
     client = registered(provider, client_name="  ＮＯＴＥＳ   for\u00a0 me ")
     assert client["client_name"] == "NOTES for me"

@@ -400,7 +400,7 @@ def target(provider: Provider, http: httpx.Client) -> Target:
     alice = Browser(provider.url, "alice", "password123")
     http.cookies = httpx.Cookies(alice.http.cookies)
     csrf = alice.form_fields(alice.http.get("/device"))["csrf_token"]
-    token = tokens_for(provider.url, alice)["access_token"]
+    token = tokens_for(provider.url, alice, resource=provider.resource)["access_token"]
     exchanged = http.post(
         f"{provider.url}/token",
         data={

@@ -228,15 +228,18 @@ def refresh(provider, refresh_token: str, **extra) -> httpx.Response:
 
 
 def test_refresh_replay_revokes_the_family(provider, alice):
+    """Once the rotated refresh token has been used, the old one is a replay whatever the
+    refresh grace (test_refresh_grace covers a retry inside it): the family is revoked."""
     first = tokens_for(provider, alice)
     rotated = refresh(provider, first["refresh_token"])
     assert rotated.status_code == 200
     second = rotated.json()
     assert second["refresh_token"] != first["refresh_token"]
+    third = refresh(provider, second["refresh_token"]).json()
     replay = refresh(provider, first["refresh_token"])
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
-    assert introspect(provider, second["access_token"]) == {"active": False}
-    assert refresh(provider, second["refresh_token"]).status_code == 400
+    assert introspect(provider, third["access_token"]) == {"active": False}
+    assert refresh(provider, third["refresh_token"]).status_code == 400
 
 
 def test_refresh_cannot_widen_scope(provider, bob, alice):
@@ -638,7 +641,7 @@ def test_registered_client_names_are_short_and_marked_unverified(provider, alice
         f"{provider.url}/register",
         json={
             "redirect_uris": [REDIRECT_URI],
-            "client_name": "MCP learner client",
+            "client_name": "Notes helper",
             "token_endpoint_auth_method": "none",
         },
     ).json()

@@ -50,6 +50,10 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         self.issuer_url = issuer_url
         self.accounts = users.accounts
         self.resources = users.resources
+        # No self-registered client may take a name like these (client_checks.py).
+        self.operator_client_names = [
+            name for client in users.clients for name in (client.client_id, client.client_name)
+        ]
         self.store = store
         self.minter = minter
         self.grants: list[tuple[type, list]] = []

@@ -113,8 +113,7 @@ def may_redirect_error(client, redirect_uri: str | None) -> bool:
 
 def check_metadata_types(data: dict) -> None:
     """RFC 7591 §2: each metadata value has its JSON type (Authlib's claim checks assume
-    them), and a client_name is one `registered_client_name` accepts (the imitation check
-    needs the operator's names and runs where the name is stored)."""
+    them)."""
     for name, expected in METADATA_TYPES.items():
         if name not in data:
             continue
@@ -123,8 +122,6 @@ def check_metadata_types(data: dict) -> None:
             raise InvalidClientMetadata(f"{name} must be a JSON {JSON_TYPE_NAMES[expected]}")
         if expected is list and not all(isinstance(item, str) for item in value):
             raise InvalidClientMetadata(f"{name} must be a list of strings")
-    if "client_name" in data:
-        registered_client_name(data["client_name"], ())
 
 
 def check_registered_auth_method(method: str, supported: list[str]) -> None:

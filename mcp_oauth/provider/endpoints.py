@@ -24,6 +24,7 @@ from mcp_oauth.provider.client_checks import (
     check_registered_grant_types,
     check_registered_redirect_uris,
     check_registered_response_types,
+    registered_client_name,
     registered_scope,
 )
 from mcp_oauth.provider.hashed_secrets import new_secret
@@ -95,6 +96,10 @@ class ClientRegistration(ClientRegistrationEndpoint):
         check_registration_size(request.payload.data)
         check_metadata_types(request.payload.data)
         metadata = super().extract_client_metadata(request)
+        if "client_name" in metadata:
+            metadata["client_name"] = registered_client_name(
+                metadata["client_name"], self.server.operator_client_names
+            )
         grant_types = metadata.setdefault("grant_types", ["authorization_code"])
         metadata.setdefault("response_types", ["code"])
         method = metadata.setdefault("token_endpoint_auth_method", "client_secret_basic")

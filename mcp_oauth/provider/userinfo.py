@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from mcp_oauth.provider.records import TokenRecord
 from mcp_oauth.provider.storage.tokens import TokenStore
+from mcp_oauth.provider.token_minter import act_claim
 from mcp_oauth.provider.users_file import Account
 
 # A user's profile is not for caches (RFC 6750 §5.3 treats responses with tokens alike).
@@ -57,6 +58,6 @@ class Userinfo:
             body.update(
                 username=account.username, name=account.name, allowed_scopes=sorted(account.scopes)
             )
-        if record.actor:
-            body["act"] = {"sub": record.actor}
+        if record.actors:
+            body["act"] = act_claim(record.actors)
         return JSONResponse(body, headers=NO_STORE)
