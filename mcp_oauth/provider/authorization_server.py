@@ -23,6 +23,7 @@ from mcp_oauth.provider.oauth_request import (
     read_parameters,
 )
 from mcp_oauth.provider.records import CONFIDENTIAL_AUTH, ClientRecord
+from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS
 from mcp_oauth.provider.storage.store import Store
 from mcp_oauth.provider.token_minter import TokenMinter
 from mcp_oauth.provider.users_file import UsersFile
@@ -61,8 +62,12 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         self.metadata: dict = {}  # set by oauth_provider.py once the routes are known
 
     def register_grant(self, grant_cls, extensions=None) -> None:
+        """A server that issues refresh tokens honours `offline_access` (SEP-2207), so it
+        lists it in scopes_supported (scope_policy.py)."""
         super().register_grant(grant_cls, extensions)
         self.grants.append((grant_cls, list(extensions or [])))
+        if grant_cls.GRANT_TYPE == "refresh_token" and OFFLINE_ACCESS not in self.scopes_supported:
+            self.scopes_supported = [*self.scopes_supported, OFFLINE_ACCESS]
 
     def register_endpoint(self, endpoint) -> None:
         super().register_endpoint(endpoint)

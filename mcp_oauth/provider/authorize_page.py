@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from mcp_oauth.common.scopes import scope_set
 from mcp_oauth.provider.authorization_server import (
     AuthorizationServer,
     authlib_refused_error_text,
@@ -27,6 +26,7 @@ from mcp_oauth.provider.pages import (
     message_page,
     signed_in,
 )
+from mcp_oauth.provider.scope_policy import requested_scopes
 
 FORM_FIELDS = {"csrf_token", "decision"}  # what the consent form adds to the request
 
@@ -83,7 +83,7 @@ class AuthorizePage:
             request,
             client=grant.client,
             account=account,
-            requested=scope_set(oauth_request.scope),
+            requested=requested_scopes(grant.client, oauth_request.payload.scope),
             resource=self.server.resources.get(oauth_request.resource or ""),
             params=oauth_request.payload.items,
             action="/authorize",

@@ -11,12 +11,15 @@ from starlette.responses import Response
 from mcp_oauth.provider.http_hardening import page_policy, redirect_source
 from mcp_oauth.provider.pages import client_description, csrf_token, templates
 from mcp_oauth.provider.records import ClientRecord
-from mcp_oauth.provider.users_file import Account, Resource, receivable_scopes
+from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS, decide_scopes
+from mcp_oauth.provider.users_file import Account, Resource
 
 SCOPE_DESCRIPTIONS = {
     "read": "read your records and notes",
     "write": "create, change and delete your records and notes",
     "admin": "administer the server: see who holds access and revoke it",
+    OFFLINE_ACCESS: "keep this access while you are away: it can renew it without asking you "
+    "again, until you revoke it or the renewal expires",
 }
 
 
@@ -32,13 +35,14 @@ def consent_page(
     redirect_uri: str = "",
     user_code: str = "",
 ) -> Response:
-    """Ask `account` to let `client` act for it. Only the scopes it may receive are offered
-    (the rest are listed as unavailable); a self-registered client is marked
-    (`client_description`). The decision on a validated `redirect_uri` is redirected there,
-    so the page's form-action allows that origin too (`redirect_source`). For a device (RFC 8628
-    §5.4, remote phishing) the page shows the user code to compare with the device's and
-    says to go on only for a device in your hands."""
-    offered = receivable_scopes(requested, account, resource)
+    """Ask `account` to let `client` act for it. Only the scopes it can grant are offered;
+    each one left out is listed with the reason (scope_policy.py: the account, the resource or
+    the client's configuration); a client that registered itself or is identified by a
+    metadata document is marked (`client_description`). The decision on a validated
+    `redirect_uri` is redirected there, so the page's form-action allows that origin too
+    (`redirect_source`). For a device (RFC 8628 §5.4, remote phishing) the page shows the user
+    code to compare with the device's and says to go on only for a device in your hands."""
+    decision = decide_scopes(requested, client, account, resource)
     redirect_target = redirect_source(redirect_uri)  # None for a device, which posts here
     return templates.TemplateResponse(
         request,
@@ -50,8 +54,12 @@ def consent_page(
             "username": account.username,
             "redirect_host": urlsplit(redirect_uri).netloc,
             "resource": resource.uri if resource else None,
-            "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, "")) for s in sorted(offered)],
-            "unavailable": sorted(requested - offered),
+            "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, "")) for s in sorted(decision.granted)]
+            if decision.grantable
+            else [],
+            "unavailable": [
+                (scope, "; ".join(reasons)) for scope, reasons in sorted(decision.refused.items())
+            ],
             "csrf_token": csrf_token(request),
             "params": params,
             "action": action,

@@ -23,8 +23,8 @@ from mcp_oauth.provider.pages import (
     signed_in,
     templates,
 )
-from mcp_oauth.provider.records import DeviceRecord
-from mcp_oauth.provider.users_file import receivable_scopes
+from mcp_oauth.provider.records import ClientRecord, DeviceRecord
+from mcp_oauth.provider.scope_policy import decide_scopes
 
 INVALID_CODE = "That code is not valid or has expired."
 
@@ -66,22 +66,27 @@ class DevicePage:
                 action="/device",
                 user_code=record.user_code,
             )
-        return await self.decide(request, record, account, form["decision"] == "approve")
+        return await self.decide(request, record, client, account, form["decision"] == "approve")
 
-    async def decide(self, request: Request, record: DeviceRecord, account, approved: bool):
-        scope = receivable_scopes(
-            scope_set(record.scope), account, self.server.resources.get(record.resource or "")
+    async def decide(
+        self, request: Request, record: DeviceRecord, client: ClientRecord, account, approved: bool
+    ):
+        decision = decide_scopes(
+            scope_set(record.scope),
+            client,
+            account,
+            self.server.resources.get(record.resource or ""),
         )
         decided = await run_in_threadpool(
             self.server.store.devices.decide,
             record.user_code,
             account.username,
-            scope_str(scope),
-            approved and bool(scope),
+            scope_str(decision.granted),
+            approved and decision.grantable,
         )
         if not decided:
             return self.code_entry(request, record.user_code, INVALID_CODE, 400)
-        if approved and scope:
+        if approved and decision.grantable:
             return message_page(
                 request, 200, "Device connected", "You can return to your device.", is_error=False
             )

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from mcp_oauth.common.scopes import scope_str
 from mcp_oauth.provider.checks import (
     check_registration_size,
     check_scope_known,
@@ -29,6 +30,7 @@ from mcp_oauth.provider.client_checks import (
 )
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.records import ANY_CLIENT_AUTH, CONFIDENTIAL_AUTH, TokenRecord
+from mcp_oauth.provider.scope_policy import requested_scopes
 from mcp_oauth.provider.token_minter import token_claims
 
 
@@ -175,7 +177,7 @@ class DeviceAuthorization(DeviceAuthorizationEndpoint):
             data["device_code"],
             data["user_code"],
             client.client_id,
-            client.get_allowed_scope(request.payload.scope),
+            scope_str(requested_scopes(client, request.payload.scope)),
             resource,
             self.EXPIRES_IN,
             self.INTERVAL,

@@ -42,7 +42,7 @@ from mcp_oauth.provider.records import (
     TokenFamily,
     TokenRecord,
 )
-from mcp_oauth.provider.users_file import receivable_scopes
+from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS, decide_scopes, requested_scopes
 
 log = logging.getLogger("oauth_provider")
 
@@ -89,11 +89,16 @@ class AuthorizationCodeGrant(TokenGrant, grants.AuthorizationCodeGrant):
 
     def save_authorization_code(self, code: str, request) -> None:
         account = request.user
-        resource = self.server.resources.get(request.resource or "")
-        scope = receivable_scopes(scope_set(request.scope), account, resource)
-        if not scope:
+        decision = decide_scopes(
+            requested_scopes(request.client, request.payload.scope),
+            request.client,
+            account,
+            self.server.resources.get(request.resource or ""),
+        )
+        if not decision.grantable:
             raise InvalidScopeError(
-                f"{account.username} may not receive any of the requested scopes",
+                f"nothing requested can be granted to {account.username}: "
+                + decision.explanation(),
                 redirect_uri=request.payload.redirect_uri,
                 state=request.payload.state,
             )
@@ -104,7 +109,7 @@ class AuthorizationCodeGrant(TokenGrant, grants.AuthorizationCodeGrant):
                 client_id=request.client.client_id,
                 username=account.username,
                 redirect_uri=request.payload.redirect_uri,
-                scope=scope_str(scope),
+                scope=scope_str(decision.granted),
                 resource=request.resource,
                 code_challenge=request.payload.data["code_challenge"],
                 code_challenge_method="S256",
@@ -188,8 +193,10 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
             raise InvalidGrantError("the user of this refresh token no longer exists")
         resource = self.bound_resource(old.resource)
         # The scope may narrow, never widen (checked by Authlib against the refresh token's
-        # scope); the user's current allowance in users.yaml applies at every refresh.
-        scope = scope_str(scope_set(self.request.payload.scope or old.scope) & account.scopes)
+        # scope); the user's current allowance in users.yaml applies at every refresh
+        # (offline_access is no account's to lose: it is the refresh itself).
+        allowed = account.scopes | {OFFLINE_ACCESS}
+        scope = scope_str(scope_set(self.request.payload.scope or old.scope) & allowed)
         family = TokenFamily(
             self.client.client_id, account.username, scope, resource, family_id=old.family_id
         )

@@ -33,6 +33,7 @@ class ClientRecord(ClientMixin):
     resource_server: bool = False
     may_exchange_tokens: bool = False
     preregistered: bool = False
+    identified_by_url: bool = False  # a Client ID Metadata Document: client_id is its URL
 
     @property
     def client_name(self) -> str:
@@ -57,11 +58,21 @@ class ClientRecord(ClientMixin):
     def get_default_redirect_uri(self) -> None:
         return None  # redirect_uri is always required: loopback clients register no port
 
+    @property
+    def scope_ceiling(self) -> frozenset[str] | None:
+        """The scope the operator configured in users.yaml caps that client; a client that
+        registered itself or is identified by a metadata document is not capped by the scope
+        it registered (scope_policy.py)."""
+        return frozenset(scope_set(self.metadata.get("scope"))) if self.preregistered else None
+
     def get_allowed_scope(self, scope: str | None) -> str:
-        allowed = scope_set(self.metadata.get("scope"))
-        if not scope:
-            return scope_str(allowed)
-        return scope_str(scope_set(scope) & allowed)
+        """Authlib's hook: the scope requested, or the registered one when none is
+        (RFC 6749 §3.3), within the ceiling if there is one. What a user can grant is decided
+        by scope_policy.decide_scopes."""
+        allowed = scope_set(scope) or scope_set(self.metadata.get("scope"))
+        if self.scope_ceiling is not None:
+            allowed &= self.scope_ceiling
+        return scope_str(allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return any(

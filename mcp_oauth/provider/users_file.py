@@ -87,15 +87,6 @@ class UsersFile:
     """The scope catalogue (scopes_supported): every scope a resource accepts, in file order."""
 
 
-def receivable_scopes(requested: set[str], account: Account, resource: Resource | None) -> set[str]:
-    """What a user actually receives: requested ∩ what users.yaml allows the account ∩ what
-    the resource accepts. Never more than any of the three."""
-    allowed = requested & account.scopes
-    if resource is not None:
-        allowed &= resource.scopes
-    return allowed
-
-
 def _secret_for(entry: dict, path: Path) -> str | None:
     """A client secret comes from the environment variable the file names, or its marked
     development default (with a warning), never from the file in plain text otherwise."""
