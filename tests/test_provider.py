@@ -458,7 +458,7 @@ def test_dynamic_registration_as_mcp_clients_do_it(provider, alice):
     response = httpx.post(
         f"{provider.url}/register",
         json={
-            "client_name": "Some MCP client",
+            "client_name": "Acme notes desktop",  # not like an operator's client (mcp-client)
             "redirect_uris": ["http://127.0.0.1/callback"],
             "token_endpoint_auth_method": "none",
             "application_type": "native",

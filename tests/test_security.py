@@ -1559,5 +1559,9 @@ def test_restart_keeps_clients_codes_device_codes_sessions_and_refresh_tokens(pr
     assert "Device connected" in device_approve(alice, device["user_code"]).text  # session too
     polled = device_poll(provider.url, device["device_code"])
     assert polled.status_code == 200, polled.text
-    assert refresh(provider.url, issued["refresh_token"]).status_code == 200
-    assert refresh(provider.url, issued["refresh_token"]).status_code == 400  # still single use
+    rotated = refresh(provider.url, issued["refresh_token"])
+    assert rotated.status_code == 200, rotated.text  # the refresh token survived
+    successor = refresh(provider.url, rotated.json()["refresh_token"])
+    assert successor.status_code == 200, successor.text
+    replay = refresh(provider.url, issued["refresh_token"])  # spent, its successor used
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
