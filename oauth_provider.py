@@ -32,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from mcp_oauth.provider.admin_api import AdminApi
 from mcp_oauth.provider.authorization_server import AuthorizationServer
 from mcp_oauth.provider.authorize_page import AuthorizePage
+from mcp_oauth.provider.client_documents import ClientDocuments
 from mcp_oauth.provider.device_page import DevicePage
 from mcp_oauth.provider.endpoints import (
     ClientRegistration,
@@ -152,6 +153,13 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
             help=f"{meaning} (env {env_name}; default {default})",
         )
     parser.add_argument(
+        "--cimd-allow-loopback",
+        action="store_true",
+        default=env("OAUTH_CIMD_ALLOW_LOOPBACK", "") in ("1", "true", "yes"),
+        help="DEVELOPMENT ONLY: let a client_id metadata document live on a loopback address, "
+        "over plain http too (env OAUTH_CIMD_ALLOW_LOOPBACK=1; default off)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("OAUTH_LOG_LEVEL", "info"),
         help="debug, info, warning (env OAUTH_LOG_LEVEL; default info)",
@@ -225,8 +233,11 @@ def token_minter(settings: argparse.Namespace, store: Store) -> TokenMinter:
 def authorization_server(
     settings: argparse.Namespace, users: UsersFile, store: Store, minter: TokenMinter
 ) -> AuthorizationServer:
-    """No implicit flow and no password grant exist here (RFC 9700 §2.1.2, §2.4)."""
-    server = AuthorizationServer(settings.issuer, users, store, minter)
+    """No implicit flow and no password grant exist here (RFC 9700 §2.1.2, §2.4). A client is
+    registered (users.yaml, RFC 7591) or identified by its metadata document's URL."""
+    server = AuthorizationServer(
+        settings.issuer, users, store, minter, ClientDocuments(settings.cimd_allow_loopback)
+    )
     server.register_grant(
         AuthorizationCodeGrant, [S256CodeChallenge(required=True), ResourceIndicator()]
     )
@@ -362,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         app = build_app(settings)
     except UsersFileError as exc:
         sys.exit(f"error: {exc}")
+    if settings.cimd_allow_loopback:
+        log.warning("client metadata documents may live on loopback addresses: development only")
     log.info(
         "issuer %s, storage %s, access tokens %s",
         settings.issuer,

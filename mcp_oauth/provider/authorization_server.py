@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mcp_oauth.provider.checks import check_basic_credentials
+from mcp_oauth.provider.client_checks import document_metadata
+from mcp_oauth.provider.client_documents import ClientDocuments
 from mcp_oauth.provider.oauth_request import (
     StarletteOAuth2Request,
     read_json_request,
@@ -46,7 +48,14 @@ class AuthorizationServer(AuthlibAuthorizationServer):
 
     json_headers = default_json_headers
 
-    def __init__(self, issuer_url: str, users: UsersFile, store: Store, minter: TokenMinter):
+    def __init__(
+        self,
+        issuer_url: str,
+        users: UsersFile,
+        store: Store,
+        minter: TokenMinter,
+        client_documents: ClientDocuments,
+    ):
         super().__init__(scopes_supported=users.scopes)
         self.issuer_url = issuer_url
         self.accounts = users.accounts
@@ -57,6 +66,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         ]
         self.store = store
         self.minter = minter
+        self.client_documents = client_documents
         self.grants: list[tuple[type, list]] = []
         self.endpoints: list[type] = []
         self.metadata: dict = {}  # set by oauth_provider.py once the routes are known
@@ -76,7 +86,17 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     # -- the hooks Authlib asks a framework integration for -------------------------------
 
     def query_client(self, client_id: str) -> ClientRecord | None:
-        return self.store.clients.get(client_id)
+        """A registered client, or one identified by its metadata document (a URL)."""
+        client = self.store.clients.get(client_id)
+        if client is None and self.client_documents.identifies(client_id):
+            return self.client_documents.client(client_id, self.client_from_document)
+        return client
+
+    def client_from_document(self, url: str, document: object) -> ClientRecord:
+        metadata = document_metadata(
+            url, document, self.scopes_supported, self.operator_client_names
+        )
+        return ClientRecord(url, None, metadata, identified_by_url=True)
 
     def save_token(self, token, request):  # every grant here stores its own tokens
         raise NotImplementedError

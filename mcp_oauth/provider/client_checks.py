@@ -4,6 +4,7 @@ register (RFC 7591). Request parameters are checked in checks.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -139,7 +140,7 @@ def check_registered_grant_types(grant_types: list[str], allowed: set[str]) -> N
 def check_registered_response_types(response_types: list[str]) -> None:
     """RFC 7591 §2.1: the code flow is the only one here (no implicit flow, RFC 9700 §2.1.2)."""
     if response_types != ["code"]:
-        raise InvalidClientMetadata('response_types must be ["code"]')
+        raise InvalidClientMetadata("response_types must be exactly code")
 
 
 def check_registered_redirect_uris(redirect_uris: list[str], grant_types: list[str]) -> None:
@@ -215,3 +216,87 @@ def registered_client_name(name: str, operator_names: Iterable[str]) -> str:
     if any(imitates(skeleton, name_skeleton(known)) for known in operator_names):
         raise InvalidClientMetadata("client_name imitates a client registered by the operator")
     return name
+
+
+# -- Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document) ---------------
+
+MAX_DOCUMENT_URL = 200  # the client_id column's width
+DOCUMENT_GRANT_TYPES = {"authorization_code", "refresh_token"}
+DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+
+
+def check_document_url(url: str, allow_loopback_http: bool) -> None:
+    """CIMD §3: the client_id URL uses https, has a path, and no fragment, user information or
+    dot segments. Plain http is accepted only for a loopback host, and only when the
+    development setting allows loopback documents."""
+    if len(url) > MAX_DOCUMENT_URL:
+        raise InvalidClientMetadata(
+            f"a client_id URL may have at most {MAX_DOCUMENT_URL} characters"
+        )
+    if not URI_CHARACTERS.fullmatch(url):
+        raise InvalidClientMetadata("client_id is not a valid URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise InvalidClientMetadata("client_id is not a valid URL") from exc
+    loopback_http = (
+        allow_loopback_http and parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    )
+    if parts.scheme != "https" and not loopback_http:
+        raise InvalidClientMetadata("a client_id URL must use https")
+    if not parts.hostname or parts.username or parts.password or "#" in url:
+        raise InvalidClientMetadata(
+            "a client_id URL needs a host, and no user information or fragment"
+        )
+    if parts.path in ("", "/") or DOT_SEGMENT.search(parts.path):
+        raise InvalidClientMetadata("a client_id URL needs a path without . or .. segments")
+
+
+def document_address_problem(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool
+) -> str | None:
+    """Why the provider will not connect to `address` for a metadata document (CIMD §6.5,
+    server-side request forgery), or None: only globally routable unicast addresses, and
+    loopback ones when the development setting allows them."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return None if allow_loopback else "a loopback address"
+    if address.is_multicast:
+        return "a multicast address"
+    if not address.is_global:
+        return "a private, link-local or reserved address"
+    return None
+
+
+def document_metadata(
+    url: str, document: object, supported_scopes: list[str], operator_names: Iterable[str]
+) -> dict:
+    """CIMD §4: a metadata document is RFC 7591 metadata whose client_id is the URL it was
+    fetched from; it passes the same checks as a registration (types, redirect URIs, name,
+    scope). Its client has no secret to share (CIMD §4.1: no client_secret methods), so it
+    is a public client; it may use the code flow and refresh tokens."""
+    if not isinstance(document, dict):
+        raise InvalidClientMetadata("the metadata document is not a JSON object")
+    if document.get("client_id") != url:
+        raise InvalidClientMetadata("the metadata document's client_id is not its own URL")
+    check_metadata_types(document)
+    method = document.get("token_endpoint_auth_method", "none")
+    if method != "none" or "client_secret" in document:
+        raise InvalidClientMetadata(
+            "a metadata document client must use token_endpoint_auth_method none"
+        )
+    grant_types = document.get("grant_types", ["authorization_code"])
+    check_registered_grant_types(grant_types, DOCUMENT_GRANT_TYPES)
+    check_registered_response_types(document.get("response_types", ["code"]))
+    check_registered_redirect_uris(document.get("redirect_uris", []), grant_types)
+    name = document.get("client_name")
+    return {
+        **({"client_name": registered_client_name(name, operator_names)} if name else {}),
+        "redirect_uris": document.get("redirect_uris", []),
+        "grant_types": grant_types,
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+        "scope": registered_scope(document.get("scope"), supported_scopes),
+    }

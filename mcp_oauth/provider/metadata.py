@@ -82,6 +82,7 @@ def server_metadata(server: AuthorizationServer, routes: list[BaseRoute]) -> dic
         ),
         "authorization_response_iss_parameter_supported": True,  # RFC 9207, see authorize_page.py
         "resource_indicators_supported": True,  # RFC 8707, see checks.requested_resource
+        "client_id_metadata_document_supported": True,  # see client_documents.py
         "access_token_format": server.minter.access_token_format,
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -85,12 +86,17 @@ def invalid_link_page(request: Request, message: str) -> Response:
 
 
 def client_description(client: ClientRecord | None) -> dict:
-    """What the sign-in and consent pages say about the client (templates/client.html): its
-    name, and whether only the client itself chose that name (it registered itself, RFC 7591
-    §5: anyone can register any name)."""
+    """What the sign-in and consent pages say about the client (templates/client_note.html):
+    its name, and whether only the client itself chose that name (it registered itself,
+    RFC 7591 §5: anyone can register any name; or its metadata document says so, and then the
+    host that serves the document is what a person can judge)."""
     if client is None:
-        return {"client_name": "", "unverified": False}
-    return {"client_name": client.client_name, "unverified": not client.preregistered}
+        return {"client_name": "", "unverified": False, "document_host": ""}
+    return {
+        "client_name": client.client_name,
+        "unverified": not client.preregistered,
+        "document_host": urlsplit(client.client_id).hostname if client.identified_by_url else "",
+    }
 
 
 def login_page(
