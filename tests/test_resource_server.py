@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from fastmcp import Client
+from fastmcp import Client, FastMCP
 from fastmcp.exceptions import ToolError
 
 from mcp_oauth.client.headless import obtain_tokens
@@ -164,21 +164,40 @@ def assert_refused_within_one_cache_ttl(stack: Stack, token: str, since: float) 
 
 
 def test_requirement_of_each_message_kind():
-    table = ToolScopes.__new__(ToolScopes)
-    table.requirements = {"public_info": PUBLIC, "get_user_profile": SIGNED_IN, "read_data": "read"}
+    table = ToolScopes(FastMCP("table"), {"read": "read things"})
 
-    def tools_call(name):
-        return {"method": "tools/call", "params": {"name": name}}
+    @table.tool(scope=PUBLIC)
+    def public_info() -> str:
+        return ""
+
+    @table.tool(scope=SIGNED_IN)
+    def get_user_profile() -> str:
+        return ""
+
+    @table.tool(scope="read")
+    def read_data() -> str:
+        return ""
+
+    def tools_call(name, method="tools/call"):
+        return {"method": method, "params": {"name": name}}
 
     assert table.requirement(tools_call("public_info")) is PUBLIC
     assert table.requirement(tools_call("get_user_profile")) is SIGNED_IN
     assert table.requirement(tools_call("read_data")) == "read"
     assert table.requirement(tools_call("no_such_tool")) is SIGNED_IN  # never public by accident
     assert table.requirement(tools_call(["read_data"])) is SIGNED_IN
+    # Other spellings need what the name they resemble needs.
+    assert table.requirement(tools_call("Read_Data")) == "read"
+    assert table.requirement(tools_call("read_data", method=" TOOLS/Call")) == "read"
     for method in ["initialize", "server/discover", "ping", "tools/list", "notifications/x"]:
         assert table.requirement({"method": method}) is PUBLIC
     assert table.requirement({"method": "resources/read"}) is SIGNED_IN
-    assert table.requirement([tools_call("read_data")]) is PUBLIC  # a batch: the SDK refuses it
+    assert table.requirement({"method": "Resources/Read"}) is SIGNED_IN
+    assert table.requirement({"method": "no/such"}) is PUBLIC  # -32601 whoever asks
+    # A batch (refused by the gate after the token check) needs what its calls need.
+    assert table.requirement([tools_call("public_info"), tools_call("read_data")]) == "read"
+    assert table.requirement([{"method": "tools/list"}, tools_call("public_info")]) is PUBLIC
+    assert table.requirement([]) is PUBLIC
 
 
 def test_satisfied():
@@ -287,7 +306,12 @@ def test_invalid_token_gets_401_invalid_token_saying_why(stack, method):
         f'Bearer error="invalid_token", error_description="{why}", '
         f'resource_metadata="{stack.metadata_url}", scope="read"'
     )
-    assert response.json() == {"error": "invalid_token", "error_description": why}
+    assert response.json()["error"]["data"] == {
+        "error": "invalid_token",
+        "error_description": why,
+        "resource_metadata": stack.metadata_url,
+        "scope": "read",
+    }
     assert f"Refused a bearer token: {why}" in stack.rs.output()
     assert "not-a-token" not in stack.rs.output()
 

@@ -29,6 +29,7 @@ SDK_NAMES = [
     ("mcp.server.auth.routes", "cors_middleware", "allow_cors"),
     ("mcp.server.transport_security", "DEFAULT_MAX_REQUEST_BODY_SIZE", "MAX_REQUEST_BODY"),
     ("fastmcp.exceptions", "ValidationError", "argument_errors"),
+    ("mcp_types.methods", "SPEC_CLIENT_METHODS", "request_methods"),
     (
         "mcp.client.auth.utils",
         "build_oauth_authorization_server_metadata_discovery_urls",
@@ -113,6 +114,45 @@ def test_a_tool_sees_the_token_the_gate_attached() -> None:
         f"puts in scope['user'] ({VERSIONS}): {result}"
     )
     assert result["structuredContent"] == {"subject": "alice", "scopes": ["read"]}
+
+
+def test_request_methods_are_all_the_sdk_acts_on() -> None:
+    """The gate lets a method outside request_methods() through without a token, trusting the
+    SDK to answer it -32601 without running anything; and it must see FastMCP's handlers."""
+    from mcp_oauth.resource_server.fastmcp_internals import request_methods
+
+    server = FastMCP("fence")
+
+    @server.tool
+    def anything() -> str:
+        return "ran"
+
+    try:
+        methods = request_methods(server)
+    except AttributeError as exc:
+        pytest.fail(f"FastMCP or the SDK no longer keeps its handlers where {FENCE} looks: {exc}")
+    assert {"tools/call", "tools/list", "server/discover", "resources/read"} <= methods, (
+        f"{FENCE}:request_methods misses methods FastMCP serves in {VERSIONS}: {sorted(methods)}"
+    )
+    app = server.http_app(path="/mcp", stateless_http=True, json_response=True)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+    }
+    with TestClient(app) as client:
+        for method in ["tools/Call", "no/such"]:
+            assert method not in methods
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"_meta": meta}}
+            body["params"]["name"] = "anything"
+            response = client.post("/mcp", json=body, headers={**headers, "Mcp-Method": method})
+            assert (response.status_code, response.json()["error"]["code"]) == (404, -32601), (
+                f"{VERSIONS} answers {method!r}, a method outside {FENCE}:request_methods, "
+                f"with {response.status_code} {response.text}"
+            )
 
 
 def test_sdk_cors_wrapper_answers_preflight_and_get() -> None:

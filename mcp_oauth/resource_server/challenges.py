@@ -6,15 +6,57 @@ RFC 9728 §5.1, the MCP authorization spec):
                                        in error_description
 - a valid token without the scope    → 403 error="insufficient_scope" naming the tool's scope
 - the provider cannot be asked       → 503 with Retry-After (never a 401: that loops logins)
+
+Each speaks both languages: the HTTP status and WWW-Authenticate challenge are what OAuth
+clients act on; the body is a JSON-RPC error object with the request's id, whose `data` holds
+the challenge's parameters and `error_description`, for MCP clients that read bodies.
+
+The MCP spec gives authorization failures no JSON-RPC code (HTTP carries them), so the codes
+come from the implementation-defined band -32000..-32019 (mcp_types.jsonrpc), avoiding -32000
+and -32001, which the official SDKs use for their own errors (connection closed, request
+timeout; "session not found" on 2025 servers).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from starlette.responses import JSONResponse, Response
 
 from mcp_oauth.common.text import printable
+from mcp_oauth.resource_server.json_rpc import RequestId, error_response
 from mcp_oauth.resource_server.provider_discovery import ProviderUnavailable
 from mcp_oauth.resource_server.tool_scopes import Requirement
+
+TOKEN_REQUIRED = -32010
+"""JSON-RPC code of a 401: no token, or one refused."""
+SCOPE_REQUIRED = -32011
+"""JSON-RPC code of a 403 insufficient_scope."""
+AUTHORIZATION_SERVER_UNAVAILABLE = -32012
+"""JSON-RPC code of a 503: tokens cannot be checked now."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request may not run, said in HTTP and in JSON-RPC."""
+
+    status: int
+    code: int
+    data: dict[str, str]
+    """The OAuth error parameters: `error` (when there is one) and `error_description`,
+    plus the challenge's `resource_metadata` and `scope`."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json_rpc(self, request_id: RequestId | None) -> Response:
+        """The answer to an MCP request: a JSON-RPC error object carrying `request_id`."""
+        message = self.data["error_description"]
+        return error_response(
+            self.status, self.code, message, request_id, data=self.data, headers=self.headers
+        )
+
+    def to_oauth(self) -> Response:
+        """The answer to a plain HTTP request (the metadata document): the OAuth error body."""
+        return JSONResponse(self.data, self.status, headers=self.headers)
 
 
 class Challenges:
@@ -25,7 +67,7 @@ class Challenges:
         self.login_scope = login_scope
         """Scope asked for when a request needs a user but no particular scope."""
 
-    def unauthorized(self, requirement: Requirement, *, refused: str | None = None) -> Response:
+    def unauthorized(self, requirement: Requirement, *, refused: str | None = None) -> Refusal:
         """401 for a request without a token, or with one refused for the reason `refused`."""
         scope = requirement if isinstance(requirement, str) else self.login_scope
         params = []
@@ -35,22 +77,24 @@ class Challenges:
         description = refused or (
             "This request needs a bearer token: see resource_metadata for where to get one."
         )
-        return _bearer_response(401, params, description)
+        return _bearer_refusal(401, TOKEN_REQUIRED, params, description)
 
-    def forbidden(self, scope: str) -> Response:
+    def forbidden(self, scope: str) -> Refusal:
         """403 insufficient_scope (RFC 6750 §3.1), naming the scope to step up to."""
         params = [
             ("error", "insufficient_scope"),
             ("scope", scope),
             ("resource_metadata", self.resource_metadata_url),
         ]
-        return _bearer_response(403, params, f"This tool needs the {scope!r} scope.")
+        return _bearer_refusal(403, SCOPE_REQUIRED, params, f"This tool needs the {scope!r} scope.")
 
 
-def _bearer_response(status: int, params: list[tuple[str, str]], description: str) -> Response:
+def _bearer_refusal(
+    status: int, code: int, params: list[tuple[str, str]], description: str
+) -> Refusal:
     challenge = "Bearer " + ", ".join(f'{name}="{quotable(value)}"' for name, value in params)
-    body = {"error": dict(params).get("error", "unauthorized"), "error_description": description}
-    return JSONResponse(body, status, headers={"WWW-Authenticate": challenge})
+    data = {**dict(params), "error_description": quotable(description)}
+    return Refusal(status, code, data, {"WWW-Authenticate": challenge})
 
 
 def quotable(text: str, limit: int = 300) -> str:
@@ -59,10 +103,12 @@ def quotable(text: str, limit: int = 300) -> str:
     return printable(text.replace('"', "'"), limit)
 
 
-def unavailable(exc: ProviderUnavailable) -> Response:
+def unavailable(exc: ProviderUnavailable) -> Refusal:
     """503 for an authorization server that cannot be asked now (RFC 9110 §15.6.4)."""
-    body = {
+    data = {
         "error": "temporarily_unavailable",
         "error_description": "The authorization server cannot be reached; retry later.",
     }
-    return JSONResponse(body, 503, headers={"Retry-After": str(exc.retry_after)})
+    return Refusal(
+        503, AUTHORIZATION_SERVER_UNAVAILABLE, data, {"Retry-After": str(exc.retry_after)}
+    )

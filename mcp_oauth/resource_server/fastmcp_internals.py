@@ -16,6 +16,7 @@ from mcp.client.auth.utils import build_oauth_authorization_server_metadata_disc
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.routes import cors_middleware
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from mcp_types.methods import SPEC_CLIENT_METHODS
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
 from starlette.applications import Starlette
@@ -37,6 +38,19 @@ def warm_state_store(mcp: FastMCP) -> None:
     otherwise cost the first user's tool call a few hundred milliseconds of imports.
     """
     _ = mcp._state_store
+
+
+def request_methods(mcp: FastMCP) -> frozenset[str]:
+    """Every JSON-RPC request method the MCP SDK may act on for `mcp`: the spec's client methods
+    (the SDK checks their params before looking for a handler) and each handler FastMCP
+    registered on its SDK server. The SDK answers any other method -32601 (HTTP 404 under
+    2026-07-28) without running anything.
+
+    FastMCP keeps its SDK server in the private `_mcp_server`, and the SDK's `Server` lists its
+    handlers only in the private `_request_handlers` (its public `get_request_handler` looks up
+    one name, and the gate must also recognise other spellings of a name).
+    """
+    return SPEC_CLIENT_METHODS | mcp._mcp_server._request_handlers.keys()
 
 
 def attach_verified_token(scope: Scope, access: AccessToken) -> None:

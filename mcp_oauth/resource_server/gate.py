@@ -5,9 +5,14 @@ from. So an ASGI layer in front of the endpoint reads each JSON-RPC request, loo
 needs in the tool/scope table (tool_scopes.py), checks the bearer token with the chosen
 verifier (verifier_choice.py) and answers with a challenge (challenges.py) when the request may
 not run: 401 without a valid token, 403 without the scope, 503 when the provider cannot be
-asked. A token that cannot be one (not an RFC 6750 b64token, or too long) is refused before
-any verifier runs, so junk never reaches the provider. A refused token's reason is logged; the
-token never is.
+asked, each a JSON-RPC error object with the request's id (json_rpc.py). A token that cannot
+be one (not an RFC 6750 b64token, or too long) is refused before any verifier runs, so junk
+never reaches the provider. A refused token's reason is logged; the token never is.
+
+In order: a body over the SDK's limit is 413; one that is not JSON, or repeats a member name,
+is 400 -32700 (what is asked cannot be known); then the token is checked against what the
+message needs (for a batch, what its calls need); then a batch is 400 -32600, whoever sends it:
+2025-06-18 removed JSON-RPC batching from MCP and 2026-07-28 takes one message per POST.
 
 The MCP app runs stateless: every request is judged on its own token. A client that started
 anonymously and signs in later, or steps up to a new scope, simply carries on, where a
@@ -16,21 +21,22 @@ stateful session bound to its first principal would answer 404 and force a new s
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+from typing import Any
 
+from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_oauth.common.asgi_body import read_body, replay
-from mcp_oauth.resource_server.challenges import Challenges, unavailable
+from mcp_oauth.resource_server.challenges import Challenges, Refusal, unavailable
 from mcp_oauth.resource_server.fastmcp_internals import (
     MAX_REQUEST_BODY,
     attach_verified_token,
     wrap_mcp_route,
 )
+from mcp_oauth.resource_server.json_rpc import decode, error_response, request_id
 from mcp_oauth.resource_server.provider_discovery import Provider, ProviderUnavailable
 from mcp_oauth.resource_server.resource_metadata import (
     protected_resource_routes,
@@ -92,29 +98,33 @@ class OAuthGate:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        requirement: Requirement = PUBLIC  # GET and DELETE carry no request to run
+        message: Any = None  # GET and DELETE carry no request to run
         if scope["method"] == "POST":
             body = await read_body(receive, self.max_body)
             if body is None:
-                await _json_rpc_error(413, -32600, "Request body too large")(scope, receive, send)
+                too_large = error_response(413, INVALID_REQUEST, "Request body too large")
+                await too_large(scope, receive, send)
                 return
             try:
-                message = json.loads(body)
+                message = decode(body)
             except (ValueError, RecursionError):
                 # Refused here, so nothing the SDK might parse differently slips past the table.
-                await _json_rpc_error(400, -32700, "Parse error")(scope, receive, send)
+                await error_response(400, PARSE_ERROR, "Parse error")(scope, receive, send)
                 return
-            requirement = self.tools.requirement(message)
             receive = replay(body, receive)
 
-        response = await self._decide(scope, requirement)
-        if response is not None:
-            await response(scope, receive, send)
+        refusal = await self._decide(scope, self.tools.requirement(message))
+        if refusal is not None:
+            await refusal.to_json_rpc(request_id(message))(scope, receive, send)
+            return
+        if isinstance(message, list):
+            batch = "Batches are not accepted: send one JSON-RPC message per POST."
+            await error_response(400, INVALID_REQUEST, batch)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    async def _decide(self, scope: Scope, requirement: Requirement) -> Response | None:
-        """A challenge for this request, or None to let it through (with its token attached)."""
+    async def _decide(self, scope: Scope, requirement: Requirement) -> Refusal | None:
+        """Why this request may not run, or None to let it through (with its token attached)."""
         token = bearer_token(scope)
         if token is None:
             if requirement is PUBLIC:
@@ -134,12 +144,6 @@ class OAuthGate:
             return self.challenges.forbidden(requirement)
         attach_verified_token(scope, access)
         return None
-
-
-def _json_rpc_error(status: int, code: int, message: str) -> Response:
-    return JSONResponse(
-        {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}, status
-    )
 
 
 def guard(

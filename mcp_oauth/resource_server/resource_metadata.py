@@ -38,7 +38,7 @@ def protected_resource_routes(
         try:
             issuer = (await provider.metadata()).issuer
         except ProviderUnavailable as exc:
-            return unavailable(exc)
+            return unavailable(exc).to_oauth()
         return JSONResponse(
             {
                 "resource": resource,

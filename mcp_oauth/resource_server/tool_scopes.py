@@ -1,17 +1,26 @@
 """The tool/scope table: which OAuth scope each tool needs, and what any MCP request needs.
 
 Anonymous clients may initialize, discover, ping, send notifications, list tools and call
-public tools. Everything else needs a valid token; an unknown tool needs one too, so a tool
-that escaped the table is never public by accident.
+public tools. Every other method the MCP SDK may act on needs a valid token; an unknown tool
+needs one too, so a tool that escaped the table is never public by accident. A method the SDK
+does not serve needs nothing: it is answered -32601 (HTTP 404 under 2026-07-28) whoever asks,
+rather than sending a client to sign in for a method that is not there.
+
+Names are compared as the gate's stricter reading: a method or tool name that differs from a
+served one only in case, width, spaces or invisible characters needs what that one needs, so
+no spelling the SDK might ever accept reaches it with less.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Collection
 from enum import Enum
 from typing import Any, TypeVar
 
 from fastmcp import FastMCP
+
+from mcp_oauth.resource_server.fastmcp_internals import request_methods
 
 
 class Access(Enum):
@@ -29,6 +38,21 @@ Requirement = Access | str
 F = TypeVar("F", bound=Callable[..., Any])
 
 ANONYMOUS_METHODS = frozenset({"initialize", "server/discover", "ping", "tools/list"})
+
+
+def folded(name: str) -> str:
+    """`name` reduced for lookalike comparison: NFKC, case-folded, without whitespace or
+    invisible (format) characters."""
+    text = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) != "Cf")
+
+
+def _served_as(name: str, served: Collection[str]) -> str | None:
+    """The served name `name` is, or spells differently (see `folded`); None for none."""
+    if name in served:
+        return name
+    key = folded(name)
+    return next((known for known in served if folded(known) == key), None)
 
 
 def satisfied(requirement: Requirement, granted: Collection[str] | None) -> bool:
@@ -72,17 +96,30 @@ class ToolScopes:
             )
 
     def requirement(self, message: Any) -> Requirement:
-        """What one decoded JSON-RPC message needs."""
+        """What a decoded POST body needs. For a batch, what its first message needing a token
+        needs: a batch never runs (the gate refuses it), but who may not call a tool hears 401
+        however the call is wrapped."""
+        if isinstance(message, list):
+            needs = (self._requirement_of(part) for part in message)
+            return next((need for need in needs if need is not PUBLIC), PUBLIC)
+        return self._requirement_of(message)
+
+    def _requirement_of(self, message: Any) -> Requirement:
         method = message.get("method") if isinstance(message, dict) else None
         if not isinstance(method, str):
             return PUBLIC  # a response or malformed: the SDK refuses it, nothing runs
-        if method == "tools/call":
+        served = _served_as(method, request_methods(self.mcp))
+        if served is None:
+            return PUBLIC  # not a method here: -32601 whoever asks
+        if served == "tools/call":
             params = message.get("params")
             name = params.get("name") if isinstance(params, dict) else None
-            return self.requirements.get(name, SIGNED_IN) if isinstance(name, str) else SIGNED_IN
-        if method in ANONYMOUS_METHODS or method.startswith("notifications/"):
-            return PUBLIC
-        return SIGNED_IN
+            return self._tool_requirement(name) if isinstance(name, str) else SIGNED_IN
+        return PUBLIC if served in ANONYMOUS_METHODS else SIGNED_IN
+
+    def _tool_requirement(self, name: str) -> Requirement:
+        tool = _served_as(name, self.requirements)
+        return SIGNED_IN if tool is None else self.requirements[tool]
 
     def describe(self, granted: Collection[str]) -> list[dict[str, Any]]:
         """Each tool, what it needs, and whether a caller with `granted` scopes may call it."""
