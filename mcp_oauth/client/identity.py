@@ -36,7 +36,9 @@ from mcp_oauth.client.discovery import ServerMetadata
 from mcp_oauth.client.errors import ClientError, reaching
 from mcp_oauth.client.token_requests import GRANT_TYPES
 
-CLIENT_NAME = "MCP learner client (client.py)"
+# Not the name of the pre-registered `mcp-client`: the provider refuses self-registered names
+# that imitate an operator's client.
+CLIENT_NAME = "Learner CLI (client.py)"
 REGISTERED_REDIRECT_URI = "http://127.0.0.1/callback"
 
 
