@@ -135,8 +135,7 @@ MUTATIONS = [
     Mutation(
         "refresh-ignores-users-yaml",
         "mcp_oauth/provider/grants.py",
-        "        scope = scope_str(scope_set(self.request.payload.scope or old.scope)"
-        " & account.scopes)",
+        "        scope = scope_str(scope_set(self.request.payload.scope or old.scope) & allowed)",
         "        scope = scope_str(scope_set(self.request.payload.scope or old.scope))",
         AS + "refresh: scope never widens; users.yaml allowances apply at every refresh",
         (PROM + "test_a_refresh_gets_only_what_users_yaml_allows_now",),
