@@ -138,7 +138,7 @@ def chromium() -> Iterator[Any]:
 class Host:
     """A host application built on one of the official clients, and the person at its browser:
     every authorization URL the client hands over is opened in Chromium, where `account` signs
-    in (if the provider asks) and approves."""
+    in (if the provider asks) and approves (denies, if the page offers nothing to allow)."""
 
     def __init__(self, command: list[str], mcp_url: str, page: Any, log: Path):
         self.page = page
@@ -193,7 +193,10 @@ class Host:
         approve = page.locator("button[name=decision][value=approve]")
         approve.wait_for()
         self.consent_pages.append(page.inner_text("body"))
-        approve.click()
+        if approve.is_enabled():
+            approve.click()
+        else:  # nothing on offer that could be granted: the person can only deny
+            page.click("button[name=decision][value=deny]")
         page.wait_for_url(re.compile(r"http://127\.0\.0\.1:\d+/callback\?"), timeout=30_000)
         assert "Signed in" in page.content()
 
