@@ -61,6 +61,12 @@ def typescript_client() -> list[str]:
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         pytest.skip("npm/node are not on PATH: the MCP TypeScript client is an npm package")
+    engines = json.loads((CLIENTS / "package-lock.json").read_text())["packages"]
+    needed = int(re.search(r"\d+", engines[f"node_modules/{PACKAGE}"]["engines"]["node"])[0])
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    assert int(version.strip().lstrip("v").split(".")[0]) >= needed, (
+        f"{PACKAGE} needs Node.js >= {needed}; `node --version` says {version.strip()}"
+    )
     lock = Path(tempfile.gettempdir()) / "mcp-oauth-mcp-clients-npm.lock"
     with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # one install at a time, across test processes
@@ -344,7 +350,7 @@ def test_a_call_after_the_access_token_expired_refreshes_without_a_sign_in(
     host = start_host(mcp_url)
     host.account = "alice"
     assert host.call("read_data")["ok"]
-    [issued] = host.of("tokens")
+    issued = host.of("tokens")[-1]
     assert issued["tokens"]["expires_in"] == ACCESS_TOKEN_TTL and issued["tokens"]["refresh_token"]
     expired_for_client = issued["arrived"] + ACCESS_TOKEN_TTL
     first = issued["tokens"]["access_token"]
