@@ -11,21 +11,8 @@ import re
 
 import httpx
 
-from tests.oauth_helpers import REDIRECT_URI, auth_params, redeem, redirect_query
-from tests.test_provider_scopes import offered, page_text
-
-
-def register(provider, grant_types: list[str]) -> str:
-    response = httpx.post(
-        f"{provider.url}/register",
-        json={
-            "redirect_uris": [REDIRECT_URI],
-            "token_endpoint_auth_method": "none",
-            "grant_types": grant_types,
-        },
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["client_id"]
+from tests.oauth_helpers import auth_params, redeem, redirect_query
+from tests.test_provider_scopes import offered, page_text, register
 
 
 def tokens(provider, browser, client_id: str, scope: str, **extra) -> dict:
@@ -49,7 +36,7 @@ def test_offline_access_is_advertised(provider):
 def test_asking_offline_access_gets_a_refresh_token_after_consent_says_what_it_means(
     provider, alice
 ):
-    client_id = register(provider, ["authorization_code", "refresh_token"])
+    client_id = register(provider, None)
     params, _ = auth_params(
         scope="read offline_access", client_id=client_id, resource=provider.resource
     )
@@ -74,7 +61,7 @@ def test_asking_offline_access_gets_a_refresh_token_after_consent_says_what_it_m
 def test_a_client_not_registered_for_refresh_is_told_why_offline_access_is_left_out(
     provider, alice
 ):
-    client_id = register(provider, ["authorization_code"])
+    client_id = register(provider, None, ("authorization_code",))
     params, _ = auth_params(
         scope="read offline_access", client_id=client_id, resource=provider.resource
     )
@@ -88,7 +75,7 @@ def test_a_client_not_registered_for_refresh_is_told_why_offline_access_is_left_
 
 
 def test_a_client_that_does_not_ask_still_gets_a_refresh_token(provider, alice):
-    client_id = register(provider, ["authorization_code", "refresh_token"])
+    client_id = register(provider, None)
     issued = tokens(provider, alice, client_id, "read")
     assert issued["refresh_token"] and issued["scope"] == "read"
 
@@ -96,7 +83,7 @@ def test_a_client_that_does_not_ask_still_gets_a_refresh_token(provider, alice):
 def test_offline_access_alone_grants_nothing(provider, bob):
     """bob may not write: `write offline_access` leaves nothing to allow, and the page says
     it is his account."""
-    client_id = register(provider, ["authorization_code", "refresh_token"])
+    client_id = register(provider, None)
     params, _ = auth_params(
         scope="write offline_access", client_id=client_id, resource=provider.resource
     )

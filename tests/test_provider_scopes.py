@@ -20,7 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CAPPED_CLIENT = "read-only-tool"
 
 
-def register(provider, scope: str) -> str:
+def register(
+    provider,
+    scope: str | None,
+    grant_types: tuple[str, ...] = ("authorization_code", "refresh_token"),
+) -> str:
     """A public client that registered itself, as MCP clients do, with the scope of their
     first 401."""
     response = httpx.post(
@@ -28,8 +32,8 @@ def register(provider, scope: str) -> str:
         json={
             "redirect_uris": [REDIRECT_URI],
             "token_endpoint_auth_method": "none",
-            "grant_types": ["authorization_code", "refresh_token"],
-            "scope": scope,
+            "grant_types": list(grant_types),
+            **({"scope": scope} if scope else {}),
         },
     )
     assert response.status_code == 201, response.text
