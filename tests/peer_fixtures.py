@@ -14,8 +14,6 @@ In tests: `pytest_plugins = ["tests.peer_fixtures"]`, then the `oidc_provider_fa
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -30,7 +28,7 @@ import httpx
 import pytest
 
 from tests.peers.entra import EntraApp, EntraServer, EntraTokenFactory, EntraUser, OboError
-from tests.support import free_port
+from tests.support import free_port, install_pinned_npm_package
 
 __all__ = [
     "EntraApp",
@@ -55,45 +53,15 @@ TEST_RS_SECRET = "peer-test-rs-secret"
 
 
 # -- oidc-provider ---------------------------------------------------------------------------------
-def _pinned_version() -> str:
-    package = json.loads((OIDC_PROVIDER_DIR / "package.json").read_text())
-    return package["dependencies"]["oidc-provider"]
-
-
-def _installed_version() -> str | None:
-    installed = OIDC_PROVIDER_DIR / "node_modules" / "oidc-provider" / "package.json"
-    return json.loads(installed.read_text())["version"] if installed.exists() else None
-
-
 def ensure_oidc_provider_installed() -> None:
-    """`npm ci` from the committed lockfile unless the pinned version is already installed.
-
-    Idempotent and safe across concurrent processes (a file lock); node_modules is gitignored.
-    """
-    if _installed_version() == _pinned_version():
-        return
+    """The pinned oidc-provider installed from the committed lockfile (tests/support.py)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         raise RuntimeError(
             "the oidc-provider test peer needs Node.js >= 18 and npm on PATH "
             f"(node={node}, npm={npm}); install them, then run `npm ci` in {OIDC_PROVIDER_DIR}"
         )
-    lock = Path(tempfile.gettempdir()) / "mcp-oauth-oidc-provider-npm.lock"
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if _installed_version() == _pinned_version():
-            return
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=OIDC_PROVIDER_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if result.returncode != 0 or _installed_version() != _pinned_version():
-            raise RuntimeError(
-                f"`npm ci` in {OIDC_PROVIDER_DIR} failed:\n{result.stdout}{result.stderr}"
-            )
+    install_pinned_npm_package(OIDC_PROVIDER_DIR, "oidc-provider")
 
 
 @dataclass

@@ -6,10 +6,14 @@ a script of this repository as a subprocess on a free port and wait until it ans
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +21,38 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pinned_npm_version(folder: Path, package: str) -> str:
+    return json.loads((folder / "package.json").read_text())["dependencies"][package]
+
+
+def installed_npm_version(folder: Path, package: str) -> str | None:
+    installed = folder / "node_modules" / package / "package.json"
+    return json.loads(installed.read_text())["version"] if installed.exists() else None
+
+
+def install_pinned_npm_package(folder: Path, package: str) -> None:
+    """`npm ci` in `folder` from its committed lockfile, unless the version its package.json
+    pins is already installed (node_modules is gitignored). Safe across concurrent test
+    processes: one install at a time, under a file lock. The caller checks npm is on PATH."""
+    npm = shutil.which("npm")
+    assert npm, "npm is not on PATH"
+    lock = Path(tempfile.gettempdir()) / f"mcp-oauth-npm-{folder.name}.lock"
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if installed_npm_version(folder, package) == pinned_npm_version(folder, package):
+            return
+        result = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        installed = installed_npm_version(folder, package)
+        if result.returncode != 0 or installed != pinned_npm_version(folder, package):
+            raise RuntimeError(f"`npm ci` in {folder} failed:\n{result.stdout}{result.stderr}")
 
 
 def free_port() -> int:

@@ -15,14 +15,12 @@ PATH (the package is installed once, from the committed lockfile, into node_modu
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx2
@@ -30,7 +28,7 @@ import pytest
 
 from mcp_oauth.client.headless import authorize_with_password
 from tests.conftest import start_provider
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, install_pinned_npm_package
 
 SUITE = ROOT / "tests" / "conformance"
 SPEC = "2026-07-28"
@@ -68,35 +66,13 @@ CLIENT_AUTH_SCENARIOS = [
 ]
 
 
-def pinned_version() -> str:
-    return json.loads((SUITE / "package.json").read_text())["dependencies"][PACKAGE]
-
-
-def installed_version() -> str | None:
-    installed = SUITE / "node_modules" / PACKAGE / "package.json"
-    return json.loads(installed.read_text())["version"] if installed.exists() else None
-
-
 @pytest.fixture(scope="session")
 def suite_env() -> dict[str, str]:
     """The environment to run the suite in: the pinned package installed, its node first."""
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("npm is not on PATH: the MCP conformance suite is an npm package")
-    lock = Path(tempfile.gettempdir()) / "mcp-oauth-conformance-npm.lock"
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # one install at a time, across test processes
-        if installed_version() != pinned_version():
-            result = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=SUITE,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert result.returncode == 0 and installed_version() == pinned_version(), (
-                f"`npm ci` in {SUITE} failed:\n{result.stdout}{result.stderr}"
-            )
+    install_pinned_npm_package(SUITE, PACKAGE)
     path = f"{SUITE / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "PATH": path}
 

@@ -16,14 +16,12 @@ one. Counts are of authorization requests the client made and Chromium followed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import queue
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +33,7 @@ import httpx
 import pytest
 
 from tests.conftest import RS_SECRET, start_provider, start_resource_server
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, install_pinned_npm_package
 
 CLIENTS = ROOT / "tests" / "mcp_clients"
 PACKAGE = "@modelcontextprotocol/client"
@@ -44,15 +42,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 PASSWORDS = {"alice": "password123", "bob": "secret456"}
 ACCESS_TOKEN_TTL = 5  # seconds: short, so that a test can outlive a token
 EVENT_WAIT = 120  # seconds for one command: sign-ins in Chromium included
-
-
-def pinned_version() -> str:
-    return json.loads((CLIENTS / "package.json").read_text())["dependencies"][PACKAGE]
-
-
-def installed_version() -> str | None:
-    installed = CLIENTS / "node_modules" / PACKAGE / "package.json"
-    return json.loads(installed.read_text())["version"] if installed.exists() else None
 
 
 @pytest.fixture(scope="session")
@@ -67,20 +56,7 @@ def typescript_client() -> list[str]:
     assert int(version.strip().lstrip("v").split(".")[0]) >= needed, (
         f"{PACKAGE} needs Node.js >= {needed}; `node --version` says {version.strip()}"
     )
-    lock = Path(tempfile.gettempdir()) / "mcp-oauth-mcp-clients-npm.lock"
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # one install at a time, across test processes
-        if installed_version() != pinned_version():
-            result = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=CLIENTS,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert result.returncode == 0 and installed_version() == pinned_version(), (
-                f"`npm ci` in {CLIENTS} failed:\n{result.stdout}{result.stderr}"
-            )
+    install_pinned_npm_package(CLIENTS, PACKAGE)
     return [node, str(CLIENTS / "typescript_driver.mjs")]
 
 
