@@ -184,9 +184,9 @@ def test_each_malformed_token_is_refused_saying_why(servers):
     for token, why in reasons.items():
         response = profile_call(servers.mcp_url, token)
         assert response.status_code == 401
-        assert why in response.json()["error_description"]
+        assert why in response.json()["error"]["data"]["error_description"]
     longest = "a" * MAX_BEARER_TOKEN_BYTES  # well-formed: asked about, and merely unknown
-    assert "inactive" in profile_call(servers.mcp_url, longest).json()["error_description"]
+    assert "inactive" in profile_call(servers.mcp_url, longest).json()["error"]["message"]
 
 
 def test_wrong_credentials_of_the_resource_server_are_an_outage_named_in_the_log(servers, tmp_path):
@@ -284,7 +284,7 @@ def test_tokens_the_provider_will_not_introspect_are_refused_not_an_outage(serve
             with Flood(url, junk) as flood:
                 victim_keeps_working(victim, tokens, flood)
             assert_invalid_token_challenges(flood.answers)
-            refused = profile_call(url, junk[0]).json()["error_description"]
+            refused = profile_call(url, junk[0]).json()["error"]["data"]["error_description"]
             assert refused == f"{servers.issuer} would not introspect it (HTTP 400 invalid_request)"
             assert "Authorization server unavailable" not in rs.output()
         finally:
