@@ -16,10 +16,12 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import anyio
 import httpx2
@@ -80,7 +82,7 @@ def start_stack(tmp: Path, provider_env: dict | None = None, host: str = "127.0.
 
 # Every test's "machine" registers from 127.0.0.1: far more than the provider's per-address
 # registration limit, which is a defence against one abuser, not what these tests are about.
-MANY_USERS = {"OAUTH_REGISTRATIONS_PER_HOUR": "10000"}
+MANY_USERS = {"OAUTH_REGISTRATIONS_PER_HOUR": "10000", "OAUTH_CIMD_ALLOW_LOOPBACK": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -319,11 +321,41 @@ def test_one_authorization_request_per_sign_in(user, stack):
     assert len(re.findall(r"client → provider  GET \S+/authorize\?", before_login)) == 1
 
 
-def test_client_metadata_document_falls_back_to_registration_when_unsupported(user):
-    url = "https://client.example/mcp-client.json"
-    result = user.run(*headless("bob"), "--client-metadata-url", url, "--trace", "whoami")
+def test_client_metadata_document_is_the_client_id_where_supported(user):
+    """The provider advertises client ID metadata documents, so the document's URL is the
+    client id: no registration. (The stack allows a loopback document, for development.)"""
+    document: dict = {}
+
+    class Document(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server hook
+            body = json.dumps(document).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Document)
+    url = f"http://127.0.0.1:{server.server_port}/mcp-client.json"
+    document.update(
+        client_id=url,
+        client_name="Notes desk (document)",
+        redirect_uris=[REGISTERED_REDIRECT_URI],
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        token_endpoint_auth_method="none",
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = user.run(*headless("bob"), "--client-metadata-url", url, "--trace", "whoami")
+    finally:
+        server.shutdown()
     assert result.returncode == 0, result.stderr
-    assert re.search(r"POST \S+/register", result.stderr) and url not in result.stdout
+    assert not re.search(r"POST \S+/register", result.stderr)
+    assert f"client_id={quote(url, safe='')}" in result.stderr or url in result.stderr
 
 
 def test_show_token_is_the_only_way_to_see_the_token(user):
@@ -401,7 +433,7 @@ def sign_in_through_browser(
 def test_browser_sign_in_through_the_loopback_callback(user, stack):
     code, out, err = sign_in_through_browser(user, stack, "bob", "whoami")
     assert code == 0, err
-    assert "│ bob" in out and "│ read" in out
+    assert "│ bob" in out and re.search(r"│ [^│\n]*\bread\b", out), out
     assert user.cache("default").exists()
 
 

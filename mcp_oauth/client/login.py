@@ -154,7 +154,9 @@ class Login:
                 raise ClientRejected(unknown.cause, unknown.fix) from failure
             known = set(saved.metadata.scopes_supported or [])
             if failure.error == "invalid_scope" and scope and scope_set(scope) <= known:
-                raise NotAllowed(self.account, scope, "") from failure  # requested ∩ allowed = ∅
+                # requested ∩ allowed = ∅; offline_access (SEP-2207) is no account permission
+                lacking = scope_str(scope_set(scope) - {"offline_access"}) or scope
+                raise NotAllowed(self.account, lacking, "") from failure
             raise explain(failure, "signing in") from failure
         saved.store_tokens(tokens, requested_scope=scope)
         self.saved = saved
