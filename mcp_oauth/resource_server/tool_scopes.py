@@ -13,6 +13,7 @@ no spelling the SDK might ever accept reaches it with less.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Callable, Collection
 from enum import Enum
@@ -40,6 +41,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ANONYMOUS_METHODS = frozenset({"initialize", "server/discover", "ping", "tools/list"})
 
 
+@functools.lru_cache(maxsize=1024)  # served names stay cached; bounded against junk names
 def folded(name: str) -> str:
     """`name` reduced for lookalike comparison: NFKC, case-folded, without whitespace or
     invisible (format) characters."""
