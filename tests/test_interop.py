@@ -224,7 +224,7 @@ def test_entra_bad_tokens_get_401_saying_why(
     assert challenge.endswith(
         f'resource_metadata="{rs.origin}/.well-known/oauth-protected-resource/mcp", scope="read"'
     )
-    assert response.json()["error_description"].startswith(reason)
+    assert response.json()["error"]["data"]["error_description"].startswith(reason)
     log = rs.process.output()
     assert f"Refused a bearer token: {reason}" in log
     assert token.rsplit(".", 1)[1] not in log  # never the token, not even its signature
@@ -233,7 +233,7 @@ def test_entra_bad_tokens_get_401_saying_why(
 def test_entra_wrong_audience_names_the_fix(entra_stack: EntraStack):
     f = entra_stack.entra.factory
     response = entra_stack.rs.post(f.wrong_audience("2.0"), "read_data")
-    assert response.json()["error_description"] == (
+    assert response.json()["error"]["data"]["error_description"] == (
         f"token audience {f.downstream.client_id!r} is not this server "
         f"({f.api.client_id} or api://{f.api.client_id})"
     )
