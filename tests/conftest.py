@@ -13,6 +13,7 @@ from tests.oauth_helpers import Browser
 from tests.support import ServerProcess, free_port
 
 RS_SECRET = "test-rs-secret-0123456789abcdef0123456789"
+RS_AUTH = ("mcp-resource-server", RS_SECRET)  # the resource server's client credentials
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 

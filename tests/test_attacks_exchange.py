@@ -12,12 +12,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import RS_SECRET, start_provider
+from tests.conftest import RS_AUTH, start_provider
 from tests.oauth_helpers import CLIENT_ID, Browser, code_for, redeem
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-RS_AUTH = ("mcp-resource-server", RS_SECRET)
 DOWNSTREAM = "https://downstream.example/api"
 # Two more exchanging clients for the chain tests: both serve /userinfo (so a token exchanged
 # for /userinfo is "for" them) and may ask for DOWNSTREAM; only the second accepts exchanged

@@ -29,12 +29,11 @@ from mcp_oauth.resource_server.fastmcp_internals import MAX_REQUEST_BODY
 from mcp_oauth.resource_server.introspection import IntrospectionVerifier
 from mcp_oauth.resource_server.provider_discovery import Backoff, Provider
 from mcp_oauth.resource_server.verified_token import TokenRefused
-from tests.conftest import RS_SECRET, start_provider, start_resource_server
+from tests.conftest import RS_AUTH, RS_SECRET, start_provider, start_resource_server
 from tests.oauth_helpers import CLIENT_ID
 from tests.support import ROOT, ServerProcess, free_port
 
 ACCEPT = "application/json, text/event-stream"
-RS_AUTH = ("mcp-resource-server", RS_SECRET)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import RS_SECRET
+from tests.conftest import RS_AUTH
 from tests.oauth_helpers import (
     CLIENT_ID,
     REDIRECT_URI,
@@ -19,8 +19,6 @@ from tests.oauth_helpers import (
     redeem,
     redirect_query,
 )
-
-RS_AUTH = ("mcp-resource-server", RS_SECRET)
 
 
 def introspect(provider, token: str, auth=RS_AUTH) -> dict:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import RS_SECRET, start_provider
+from tests.conftest import RS_AUTH, start_provider
 from tests.oauth_helpers import (
     CLIENT_ID,
     REDIRECT_URI,
@@ -22,7 +22,6 @@ from tests.oauth_helpers import (
     redirect_query,
 )
 
-RS_AUTH = ("mcp-resource-server", RS_SECRET)
 GRACE = 60  # long enough for a kill -9 and a restart
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import delete, select, update
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
 from mcp_oauth.provider.storage.schema import authorization_codes, login_failures, tokens
-from tests.conftest import POSTGRES_ADMIN_URL, RS_SECRET, Provider, start_provider
+from tests.conftest import POSTGRES_ADMIN_URL, RS_AUTH, RS_SECRET, Provider, start_provider
 from tests.oauth_helpers import (
     CLIENT_ID,
     REDIRECT_URI,
@@ -44,7 +44,6 @@ from tests.oauth_helpers import (
     redirect_query,
 )
 
-RS_AUTH = ("mcp-resource-server", RS_SECRET)
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 OTHER_RESOURCE = "http://localhost:8000/mcp"  # the resource users.yaml knows besides ours

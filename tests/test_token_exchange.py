@@ -5,12 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import RS_SECRET, start_provider
+from tests.conftest import RS_AUTH, start_provider
 from tests.oauth_helpers import Browser, code_for, redeem
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-RS_AUTH = ("mcp-resource-server", RS_SECRET)
 
 
 @pytest.fixture(scope="module")
