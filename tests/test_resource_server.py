@@ -342,6 +342,8 @@ ARGUMENTS = {
     "get_downstream_profile": {},
     "admin_operation": {"action": "list_grants"},
 }
+# The tool's own answer when it ran but had nothing to act on (not a refusal of the caller).
+TOOL_ERRORS = {"delete_user_note": "You have no note with id 999999."}
 ALLOWED = {
     "alice": set(ARGUMENTS) - {"admin_operation"},
     "bob": {
@@ -362,6 +364,14 @@ def test_scope_matrix(stack, username):
         response = call(stack, tool, arguments, token)
         expected = 200 if tool in ALLOWED[username] else 403
         assert response.status_code == expected, (username, tool, response.text)
+        if expected == 200:  # allowed means the tool ran and gave its own answer
+            message = result_of(response)
+            assert "error" not in message, (username, tool, message)
+            result = message["result"]
+            if tool in TOOL_ERRORS:
+                assert result["isError"] and result["content"][0]["text"] == TOOL_ERRORS[tool]
+            else:
+                assert not result.get("isError"), (username, tool, message)
     tools = use(stack, username, "list_available_resources")["tools"]
     assert {t["tool"] for t in tools if t["allowed"]} == ALLOWED[username] | {"public_info"}
 
