@@ -4,7 +4,6 @@ per client address (shared by replicas), and the janitor deletes what can no lon
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
-from tests.conftest import POSTGRES_ADMIN_URL, start_provider
+from tests.conftest import new_postgres_database, start_provider
 from tests.oauth_helpers import CLIENT_ID, Browser, code_for, redeem
 
 LIMIT = 5
@@ -40,15 +39,8 @@ def fresh_database(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/janitor.db"
         return
-    import psycopg
-
-    request.getfixturevalue("postgres_database")  # starts the cluster if needed
-    name = f"oauth_janitor_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with new_postgres_database("oauth_janitor") as url:
+        yield url
 
 
 @pytest.mark.parametrize("fresh_database", ["sqlite", "postgresql"], indirect=True)
