@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_MODULES = Path("tests/peers/oidc_provider/node_modules")  # ignored by git, needed by peers
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,18 @@ def repository_files(source: Path) -> list[str]:
 
 
 def copy_repository(source: Path, target: Path) -> None:
-    for name in repository_files(source):
+    names = repository_files(source)
+    for name in names:
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, destination)
-    if (source / NODE_MODULES).is_dir():
-        (target / NODE_MODULES).symlink_to(source / NODE_MODULES, target_is_directory=True)
+    # npm packages (ignored by git) are shared, not copied: a node_modules beside each tracked
+    # package.json (the conformance suite, the peers, the MCP clients), where installed.
+    for name in names:
+        if Path(name).name == "package.json":
+            modules = Path(name).parent / "node_modules"
+            if (source / modules).is_dir() and not (target / modules).exists():
+                (target / modules).symlink_to(source / modules, target_is_directory=True)
 
 
 def apply(mutation: Mutation, root: Path) -> str | None:
