@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs into .venv. With --test: test dependencies too, plus
-# Debian's Chromium (for the real-browser test) and Node/npm (for the oidc-provider peer).
+# Debian's Chromium (for the real-browser test), Node/npm (for the oidc-provider peer) and
+# Glewlwyd (a second real authorization server, tests/test_interop_glewlwyd.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,11 +21,20 @@ if [ "${1:-}" = "--test" ]; then
   missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  # Glewlwyd's package would set up a system-wide database and service (dbconfig, debconf);
+  # the tests build their own in a temporary folder, so it is installed unconfigured.
+  glewlwyd=false
+  command -v glewlwyd >/dev/null 2>&1 || { glewlwyd=true; missing+=(glewlwyd dbconfig-no-thanks); }
   if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    as_root=()
+    [ "$(id -u)" = 0 ] || as_root=(sudo)
+    if $glewlwyd; then
+      echo "glewlwyd glewlwyd/config_type select No configuration" | "${as_root[@]}" debconf-set-selections
+    fi
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if $glewlwyd && [ -d /run/systemd/system ]; then  # no system-wide Glewlwyd left running
+      "${as_root[@]}" systemctl disable --now glewlwyd.service >/dev/null 2>&1 || true
     fi
   fi
 else

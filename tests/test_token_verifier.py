@@ -8,10 +8,10 @@ import pytest
 
 from mcp_oauth.resource_server.argument_errors import argument_message
 from mcp_oauth.resource_server.caches import hashed_key
-from mcp_oauth.resource_server.caller import data_owner
+from mcp_oauth.resource_server.caller import data_owner, display_name
 from mcp_oauth.resource_server.challenges import quotable
 from mcp_oauth.resource_server.gate import MAX_BEARER_TOKEN_BYTES, malformed_token_reason
-from mcp_oauth.resource_server.introspection import entry_lifetime, refusal
+from mcp_oauth.resource_server.introspection import attributed, entry_lifetime, refusal
 from mcp_oauth.resource_server.on_behalf_of import entra_obo_form, exchange_key, token_exchange_form
 from mcp_oauth.resource_server.provider_discovery import (
     Backoff,
@@ -67,12 +67,24 @@ def test_audience_must_include_this_resource():
     assert refused(answer(aud=RESOURCE + "/")) is None  # a trailing slash names the same URL
 
 
-def test_issuer_must_be_our_provider():
+def test_issuer_when_named_must_be_our_provider():
     assert refused(answer(iss="http://evil.example")) == (
         f"token issuer 'http://evil.example' is not {ISSUER}"
     )
-    assert "token issuer None" in refused(answer(iss=None))
     assert "token issuer" in refused(answer(iss=ISSUER + "/"))  # RFC 8414: compared verbatim
+    assert "token issuer" in refused({**answer(), "iss": ""})  # present, however empty
+    assert "token issuer None" in refused({**answer(), "iss": None})  # present as JSON null
+
+
+def test_an_answer_without_iss_speaks_for_the_provider_that_gave_it():
+    """RFC 7662 §2.2 requires only `active` (Glewlwyd names no `iss`): an answer from our
+    provider's own introspection endpoint, to our authenticated call, is that provider's."""
+    assert refused(answer(iss=None)) is None
+    assert attributed(answer(iss=None), ISSUER)["iss"] == ISSUER
+    assert attributed(answer(iss="http://evil.example"), ISSUER)["iss"] == "http://evil.example"
+    # Every other rule still holds for it.
+    assert "audience" in refused(answer(iss=None, aud="http://127.0.0.1:8001/mcp"))
+    assert refused(answer(iss=None, exp=int(NOW))) == "token expired"
 
 
 def test_expired_and_refresh_tokens_are_refused():
@@ -232,6 +244,16 @@ def test_a_client_acting_for_itself_never_shares_a_users_data():
     assert data_owner(None, None, "svc") == "client:svc"
     assert data_owner("alice", "alice", "alice") == "user:alice"  # alice, via a client "alice"
     assert data_owner("5e1f", None, "mcp-client") == "user:5e1f"  # a user known by sub only
+
+
+def test_display_name_from_preferred_username_or_username_data_filed_by_subject():
+    assert display_name({"preferred_username": "alice", "username": "al", "sub": "5e1f"}) == "alice"
+    assert display_name({"username": "alice", "sub": "5e1f"}) == "alice"  # RFC 7662 / Glewlwyd
+    assert display_name({"preferred_username": "", "username": "alice"}) == "alice"
+    assert display_name({"sub": "5e1f"}) is None  # shown by subject then
+    # Whatever the name, data is filed under the stable subject, never the (changeable) name.
+    assert data_owner("5e1f", "alice", "mcp-client") == "user:5e1f"
+    assert data_owner("5e1f", "alice-renamed", "mcp-client") == "user:5e1f"
 
 
 def test_argument_message_names_each_argument():

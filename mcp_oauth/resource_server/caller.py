@@ -3,7 +3,9 @@ running request, never from anything the client put in the tool's arguments."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_access_token
@@ -33,14 +35,20 @@ def data_owner(subject: str | None, username: str | None, client_id: str) -> str
     return f"user:{subject or username}"
 
 
+def display_name(claims: Mapping[str, Any]) -> str | None:
+    """The user's name as the provider shows it (OpenID Connect Core §5.1 `preferred_username`,
+    or `username` as RFC 7662 §2.2 and this project's provider say it); None if it names none,
+    and the caller is then shown by subject. Only ever shown: data is filed by subject."""
+    name = claims.get("preferred_username") or claims.get("username")
+    return str(name) if name else None
+
+
 def current_caller() -> Caller:
     """The caller of the running tool; a ToolError if the request carried no valid token."""
     token = get_access_token()
     if token is None:
         raise ToolError("This tool needs a signed-in user: send a bearer token.")
-    claims = token.claims or {}
-    username = claims.get("username") or claims.get("preferred_username")
-    username = str(username) if username else None
+    username = display_name(token.claims or {})
     if not (token.subject or username or token.client_id):
         raise ToolError("The token names neither a user nor a client (no sub or client_id).")
     owner = data_owner(token.subject, username, token.client_id)

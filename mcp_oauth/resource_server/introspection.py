@@ -12,7 +12,11 @@ The rules, and why:
   that token; it is no outage, so it cannot pause checks of everyone else's tokens.
 - Concurrent checks of one uncached token share a single introspection request.
 - `aud` must name this resource (RFC 8707) and `iss` must be our provider: a token minted for
-  another service, or by another issuer, is refused even though it is active.
+  another service, or by another issuer, is refused even though it is active. RFC 7662 §2.2
+  requires only `active`: an answer without `iss`, from the provider's own endpoint to this
+  server's authenticated call, speaks for that provider; a present `iss` must still match.
+- Where the provider offers signed answers (RFC 9701), only those are taken, verified
+  (signed_introspection.py).
 - Provider trouble raises ProviderUnavailable (the caller answers 503), never a refusal (a 401
   would send clients into a login loop) and never an acceptance.
 """
@@ -34,6 +38,7 @@ from mcp_oauth.resource_server.provider_discovery import (
     Provider,
     ProviderUnavailable,
 )
+from mcp_oauth.resource_server.signed_introspection import SignedAnswers
 from mcp_oauth.resource_server.verified_token import (
     CheckingVerifier,
     TokenRefused,
@@ -44,15 +49,24 @@ from mcp_oauth.resource_server.verified_token import (
 log = logging.getLogger(__name__)
 
 
+def attributed(answer: dict[str, Any], issuer: str) -> dict[str, Any]:
+    """The answer with its issuer: RFC 7662 §2.2 requires only `active`, so an answer that
+    names no `iss` speaks for the provider whose endpoint gave it to our authenticated call.
+    A present `iss` is kept as it is, to be compared verbatim."""
+    return answer if "iss" in answer else {**answer, "iss": issuer}
+
+
 def refusal(answer: dict[str, Any], *, resource: str, issuer: str, now: float) -> str | None:
-    """Why an introspection answer (RFC 7662 §2.2) does not admit a request to `resource`;
-    None if it does: active, a bearer access token, ours (iss, aud) and not expired."""
+    """Why an introspection answer (RFC 7662 §2.2), from `issuer`'s own introspection endpoint,
+    does not admit a request to `resource`; None if it does: active, a bearer access token,
+    ours (iss if named, aud) and not expired."""
     if answer.get("active") is not True:
         return f"{issuer} reports the token inactive (expired, revoked or unknown)"
     token_type = answer.get("token_type")
     if token_type is not None and str(token_type).lower() != "bearer":
         return f"token_type {token_type!r} is not a bearer access token"
-    if reason := claims_refusal(answer, issuers=(issuer,), resources=(resource,)):
+    claims = attributed(answer, issuer)
+    if reason := claims_refusal(claims, issuers=(issuer,), resources=(resource,)):
         return reason
     exp = answer.get("exp")
     if exp is not None and (not isinstance(exp, int | float) or exp <= now):
@@ -94,12 +108,15 @@ class IntrospectionVerifier(CheckingVerifier):
         self._accepted: TLRUCache[bytes, _Entry] = lifetime_cache(cache_size, clock)
         self._refused: TLRUCache[bytes, _Entry] = lifetime_cache(cache_size, clock)
         self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
+        self._signed: SignedAnswers | None = None
+        self._signed_decided = False
         self.counters = {
             "cache_hits": 0,
             "cache_misses": 0,
             "introspections": 0,
             "shared_introspections": 0,
             "introspection_failures": 0,
+            "signed_answers": 0,
         }
 
     async def check(self, token: str) -> AccessToken:
@@ -144,14 +161,20 @@ class IntrospectionVerifier(CheckingVerifier):
     async def _answer(self, token: str) -> tuple[dict[str, Any], str | None]:
         """The provider's answer about `token`, and why it does not admit it (None if it does)."""
         try:
-            answer = await self.provider.introspect(token)
+            metadata = await self.provider.metadata()
+            if not self._signed_decided:  # once: signed answers (RFC 9701) where offered
+                self._signed = SignedAnswers.offered_by(self.provider, metadata, self.resource_url)
+                self._signed_decided = True
+            ask = self._signed.introspect if self._signed else self.provider.introspect
+            answer = attributed(await ask(token), metadata.issuer)
+            self.counters["signed_answers"] += self._signed is not None
         except ProviderUnavailable:
             self.counters["introspection_failures"] += 1
             raise
         except IntrospectionRefused as exc:
             return {}, str(exc)
-        issuer = (await self.provider.metadata()).issuer
-        return answer, refusal(answer, resource=self.resource_url, issuer=issuer, now=time.time())
+        now = time.time()
+        return answer, refusal(answer, resource=self.resource_url, issuer=metadata.issuer, now=now)
 
     def metrics(self) -> dict[str, int]:
         """Cache and introspection counters since start."""

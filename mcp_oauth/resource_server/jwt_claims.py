@@ -1,7 +1,8 @@
 """What a JWT access token must show to be accepted, each rule a small pure check.
 
-- `alg` RS256 or ES256 only (never `none` or HS*: a public key must not become an HMAC secret);
-  `typ` at+jwt (RFC 9068), or Entra's plain `JWT` in Entra mode, so an ID token cannot pass.
+- `alg` asymmetric only, declared by the provider and fitting its key (jws_algorithms.py: never
+  `none` or HS*, so a public key cannot become an HMAC secret); `typ` at+jwt (RFC 9068), or
+  Entra's plain `JWT` in Entra mode, so an ID token cannot pass.
 - `exp` in the future and `nbf`/`iat` not in the future, with a small leeway for clock skew.
 - `iss` and `aud` as `Expectations` says (checked by verified_token.claims_refusal).
 - Scopes from `scope` or `scp` (space separated) and `roles` (Entra app-only tokens).
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-ALGORITHMS = ("RS256", "ES256")
+from mcp_oauth.resource_server.jws_algorithms import algorithm_refusal, declared_algorithms
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,19 @@ class Expectations:
     issuers: tuple[str, ...]
     audiences: tuple[str, ...]
     entra: bool = False
+    algorithms: frozenset[str] | None = None
+    """What the provider's metadata says it signs with, for keys that name no `alg`."""
 
     @classmethod
-    def for_provider(cls, issuer: str, resource_url: str) -> Expectations:
-        return cls(issuers=(issuer,), audiences=(resource_url,))
+    def for_provider(
+        cls, issuer: str, resource_url: str, document: Mapping[str, Any] | None = None
+    ) -> Expectations:
+        """Tokens of `issuer` for `resource_url`, signed as its metadata `document` declares."""
+        return cls(
+            issuers=(issuer,),
+            audiences=(resource_url,),
+            algorithms=declared_algorithms(document),
+        )
 
 
 def _when(timestamp: float) -> str:
@@ -46,9 +56,8 @@ def _numeric(value: object) -> bool:
 def header_refusal(header: Mapping[str, Any], *, entra: bool) -> str | None:
     """Why a JWS header is not that of an access token we accept (RFC 9068 §2.1, RFC 8725
     §3.1); None if it is."""
-    alg = header.get("alg")
-    if alg not in ALGORITHMS:
-        return f"token algorithm {alg!r} is not allowed (only {', '.join(ALGORITHMS)})"
+    if reason := algorithm_refusal(header.get("alg")):
+        return reason
     typ = str(header.get("typ", "")).lower().removeprefix("application/")
     allowed = ("at+jwt", "jwt") if entra else ("at+jwt",)
     if typ not in allowed:

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fastmcp.server.auth import AccessToken
-from joserfc import errors, jws, jwt
 
 from mcp_oauth.resource_server.entra import entra_identity
+from mcp_oauth.resource_server.jws_algorithms import (
+    SignatureRefused,
+    protected_header,
+    verified_claims,
+)
 from mcp_oauth.resource_server.jwt_claims import (
-    ALGORITHMS,
     Expectations,
     header_refusal,
     scopes_of,
@@ -87,29 +90,19 @@ class JwtVerifier(CheckingVerifier):
 
     async def _check(self, token: str) -> AccessToken:
         try:
-            header = jws.extract_compact(token.encode()).headers()
-        except (errors.JoseError, ValueError, TypeError):
-            raise TokenRefused(
-                "token is not a signed JWT (an opaque token needs introspection)"
-            ) from None
+            header = protected_header(token)
+        except SignatureRefused as refused:
+            raise TokenRefused(f"{refused} (an opaque token needs introspection)") from None
         if reason := header_refusal(header, entra=self.expect.entra):
             raise TokenRefused(reason)
         kid = header.get("kid")
         keys = await self.keys.keys_for(kid if isinstance(kid, str) else None)
         try:
-            claims = jwt.decode(token, keys, algorithms=ALGORITHMS).claims
-        except errors.InvalidKeyIdError:
-            if kid is None:
-                raise TokenRefused(
-                    f"token has no kid and {self.keys.jwks_uri} has several keys"
-                ) from None
-            raise TokenRefused(f"token key id {kid!r} is not in {self.keys.jwks_uri}") from None
-        except errors.BadSignatureError:
-            raise TokenRefused(
-                f"signature does not match any key in {self.keys.jwks_uri}"
-            ) from None
-        except (errors.JoseError, ValueError, TypeError) as exc:
-            raise TokenRefused(f"token is not a valid JWT ({exc})") from None
+            claims = verified_claims(
+                token, header, keys, where=self.keys.jwks_uri, declared=self.expect.algorithms
+            )
+        except SignatureRefused as refused:
+            raise TokenRefused(str(refused)) from None
         reason = time_refusal(claims, now=self.now(), leeway=self.leeway) or claims_refusal(
             claims, issuers=self.expect.issuers, resources=self.expect.audiences
         )

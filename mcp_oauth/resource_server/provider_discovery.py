@@ -202,19 +202,31 @@ class Provider:
                 return ProviderMetadata.from_document(response.json(), self.issuer_url)
             except ValueError as exc:  # also a body that is not JSON
                 problems.append(f"{url}: {exc}")
-        raise self._unavailable("no usable metadata: " + "; ".join(problems))
+        raise self.unavailable("no usable metadata: " + "; ".join(problems))
+
+    @property
+    def client_id(self) -> str:
+        """This resource server's client id at the provider."""
+        return self._credentials["client_id"]
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 answer for `token`; raises IntrospectionRefused when the provider refuses
         to look at that token, ProviderUnavailable for anything else rather than guess."""
+        return self._json_object(await self.introspection_response(token))
+
+    async def introspection_response(
+        self, token: str, accept: str = "application/json"
+    ) -> httpx.Response:
+        """The provider's 200 answer about `token`, in the media type asked for (RFC 9701 §4:
+        application/token-introspection+jwt for a signed one); raises as `introspect` does."""
         metadata = await self.metadata()
         endpoint = metadata.introspection_endpoint
         if endpoint is None:  # the verifier choice prevents this; never guess an endpoint
             raise ProviderUnavailable(f"{metadata.issuer} has no introspection_endpoint", 30)
         data = {"token": token, "token_type_hint": "access_token"}
-        response = await self._send("POST", endpoint, data=data)
+        response = await self._send("POST", endpoint, data=data, headers={"Accept": accept})
         if response.status_code == 200:
-            return self._json_object(response)
+            return response
         error = oauth_error(response)
         code = printable(error[0], 40) if error else None
         if blames_the_token(response.status_code, code):
@@ -222,7 +234,7 @@ class Provider:
             said = f"HTTP {response.status_code}" + (f" {code}" if code else "")
             raise IntrospectionRefused(f"{metadata.issuer} would not introspect it ({said})")
         # Not the token's fault: no client is sent to log in again (that would loop).
-        raise self._unavailable(introspection_outage(response.status_code, code))
+        raise self.unavailable(introspection_outage(response.status_code, code))
 
     async def token(
         self, form: dict[str, str], *, credentials_in_body: bool = False
@@ -263,7 +275,7 @@ class Provider:
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise self._unavailable(f"{response.request.url} did not answer a JSON object")
+            raise self.unavailable(f"{response.request.url} did not answer a JSON object")
         return answer
 
     async def _send(
@@ -277,13 +289,14 @@ class Provider:
                 method, url, auth=self._auth if auth else None, **kwargs
             )
         except httpx.HTTPError as exc:
-            raise self._unavailable(f"{method} {url} failed: {exc!r}") from exc
+            raise self.unavailable(f"{method} {url} failed: {exc!r}") from exc
         if response.status_code >= 500:
-            raise self._unavailable(f"{method} {url} answered {response.status_code}")
+            raise self.unavailable(f"{method} {url} answered {response.status_code}")
         self._backoff.succeeded()
         return response
 
-    def _unavailable(self, reason: str) -> ProviderUnavailable:
+    def unavailable(self, reason: str) -> ProviderUnavailable:
+        """ProviderUnavailable for `reason`, logged, after starting the next failure pause."""
         retry_after = self._backoff.failed()
         log.warning("Authorization server unavailable (%s); retrying in %d s", reason, retry_after)
         return ProviderUnavailable(reason, retry_after)
