@@ -1,4 +1,6 @@
-"""External peers for interop tests and benchmarks: node oidc-provider and an Entra imitation.
+"""External peers for interop tests and benchmarks: node oidc-provider and an Entra imitation
+(Glewlwyd, a Debian package, lives in tests/peers/glewlwyd/), and our resource server as the
+interop tests run it against each of them.
 
 * oidc-provider (panva, from npm) is a real, independent authorization server: our stand-in for
   Keycloak. It runs as a node subprocess on a free port; only its machine-to-machine parts are
@@ -13,12 +15,11 @@ In tests: `pytest_plugins = ["tests.peer_fixtures"]`, then the `oidc_provider_fa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastmcp import Client
 
+from tests import conftest
 from tests.peers.entra import EntraApp, EntraServer, EntraTokenFactory, EntraUser, OboError
-from tests.support import free_port, install_pinned_npm_package
+from tests.peers.process import start_peer, stop_peer
+from tests.support import ServerProcess, free_port, install_pinned_npm_package
 
 __all__ = [
     "EntraApp",
@@ -37,11 +41,13 @@ __all__ = [
     "EntraUser",
     "OboError",
     "OidcProviderPeer",
+    "ResourceServer",
     "ensure_oidc_provider_installed",
     "entra",
     "oidc_provider_factory",
     "start_entra",
     "start_oidc_provider",
+    "start_resource_server",
 ]
 
 OIDC_PROVIDER_DIR = Path(__file__).resolve().parent / "peers" / "oidc_provider"
@@ -142,13 +148,7 @@ class OidcProviderPeer:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_peer(self.process)
 
 
 def start_oidc_provider(
@@ -171,7 +171,6 @@ def start_oidc_provider(
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="oidc-provider-"))
     log = log_dir / f"oidc-provider-{port}.log"
     env = {
-        **os.environ,
         "PORT": str(port),
         "ISSUER": issuer,
         "RESOURCE": resource,
@@ -179,33 +178,24 @@ def start_oidc_provider(
         "RS_CLIENT_SECRET": rs_secret,
         "TEST_CLIENT_SECRET": client_secret,
     }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            ["node", "server.js"], cwd=OIDC_PROVIDER_DIR, env=env, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"oidc-provider exited early:\n{log.read_text(errors='replace')}")
-        try:
-            response = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=1.0)
-            if response.status_code == 200:
-                return OidcProviderPeer(
-                    issuer,
-                    resource,
-                    access_token_format,
-                    rs_secret,
-                    client_secret,
-                    response.json(),
-                    process,
-                    log,
-                )
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise RuntimeError(f"oidc-provider did not answer at {issuer}:\n{log.read_text()}")
+    process, discovery = start_peer(
+        ["node", "server.js"],
+        ready_url=f"{issuer}/.well-known/openid-configuration",
+        log=log,
+        cwd=OIDC_PROVIDER_DIR,
+        env=env,
+        timeout=timeout,
+    )
+    return OidcProviderPeer(
+        issuer,
+        resource,
+        access_token_format,
+        rs_secret,
+        client_secret,
+        discovery.json(),
+        process,
+        log,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -230,6 +220,47 @@ def oidc_provider_factory(
     yield factory
     for peer in started:
         peer.stop()
+
+
+# -- our resource server, pointed at a peer -------------------------------------------------------
+@dataclass
+class ResourceServer:
+    """Our resource server, running against a peer, and how tests call it."""
+
+    process: ServerProcess
+    url: str
+
+    @property
+    def origin(self) -> str:
+        return self.url.removesuffix("/mcp")
+
+    def metrics(self) -> dict[str, Any]:
+        return httpx.get(f"{self.origin}/metrics").json()
+
+    def call(self, token: str, tool: str, arguments: dict | None = None) -> Any:
+        """A tool's structured result, called through a real MCP client with `token`."""
+
+        async def session() -> Any:
+            async with Client(self.url, auth=token) as client:
+                return (await client.call_tool(tool, arguments or {})).data
+
+        return asyncio.run(session())
+
+    def post(self, token: str, tool: str) -> httpx.Response:
+        """A raw tools/call, for status codes and headers."""
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        body["params"] = {"name": tool, "arguments": {}}
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {token}",
+        }
+        return httpx.post(self.url, json=body, headers=headers, timeout=30)
+
+
+def start_resource_server(tmp: Path, port: int, env: dict[str, str]) -> ResourceServer:
+    """mcp_resource_server.py on `port`, configured by `env` only (tests/conftest.py)."""
+    process = conftest.start_resource_server(tmp, port, env)
+    return ResourceServer(process, f"http://127.0.0.1:{port}/mcp")
 
 
 # -- Entra imitation -------------------------------------------------------------------------------

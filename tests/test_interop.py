@@ -20,60 +20,26 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from mcp_oauth.client.headless import obtain_tokens
-from tests import conftest
 from tests.conftest import RS_SECRET, start_provider
 from tests.peers.entra_downstream import EntraDownstream
-from tests.support import ServerProcess, free_port
+from tests.support import free_port
 
 pytest.register_assert_rewrite("tests.peer_fixtures")
-from tests.peer_fixtures import EntraServer, OidcProviderPeer, start_entra  # noqa: E402
+from tests.peer_fixtures import (  # noqa: E402
+    EntraServer,
+    OidcProviderPeer,
+    ResourceServer,
+    start_entra,
+    start_resource_server,
+)
 
 pytest_plugins = ["tests.peer_fixtures"]
-
-
-@dataclass
-class ResourceServer:
-    process: ServerProcess
-    url: str
-
-    @property
-    def origin(self) -> str:
-        return self.url.removesuffix("/mcp")
-
-    def metrics(self) -> dict[str, Any]:
-        return httpx.get(f"{self.origin}/metrics").json()
-
-    def call(self, token: str, tool: str, arguments: dict | None = None) -> Any:
-        """A tool's structured result, called through a real MCP client with `token`."""
-
-        async def session() -> Any:
-            async with Client(self.url, auth=token) as client:
-                return (await client.call_tool(tool, arguments or {})).data
-
-        return asyncio.run(session())
-
-    def post(self, token: str, tool: str) -> httpx.Response:
-        """A raw tools/call, for status codes and headers."""
-        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
-        body["params"] = {"name": tool, "arguments": {}}
-        headers = {
-            "Accept": "application/json, text/event-stream",
-            "Authorization": f"Bearer {token}",
-        }
-        return httpx.post(self.url, json=body, headers=headers, timeout=30)
-
-
-def start_resource_server(tmp: Path, port: int, env: dict[str, str]) -> ResourceServer:
-    process = conftest.start_resource_server(tmp, port, env)
-    return ResourceServer(process, f"http://127.0.0.1:{port}/mcp")
 
 
 # -- node oidc-provider (Keycloak stand-in) ----------------------------------------------------

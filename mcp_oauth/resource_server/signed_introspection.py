@@ -5,10 +5,12 @@ for `application/token-introspection+jwt`, and its answer counts only once verif
 - signed by a key of its own key set (`jwks_uri`), under the algorithm rules of
   jws_algorithms.py (never `none` or HMAC, each algorithm bound to its key's type);
 - `typ` token-introspection+jwt (RFC 9701 §5), so no other JWT of the provider can pass;
-- `iss` exactly the provider's issuer; `aud` naming this resource server: its client id, as
-  RFC 9701 §5 asks, or its resource URL, which is what Glewlwyd 2.7.5 puts there;
+- `iss` exactly the provider's issuer;
 - `iat` present and within the leeway of now, so an old answer cannot be replayed;
-- `token_introspection` a JSON object: the RFC 7662 answer, judged as any other (introspection.py).
+- `token_introspection` a JSON object: the RFC 7662 answer, judged as any other (introspection.py);
+- `aud` naming this resource server: its client id, as RFC 9701 §5 asks, or its resource URL.
+  Glewlwyd 2.7.5 puts the token's own audience there, so its answer about a token for another
+  resource names that resource: an answer addressed elsewhere refuses the token (a 401).
 Having asked for a signed answer, nothing else is taken: an unsigned or unverifiable answer is
 provider trouble (ProviderUnavailable, a 503), never an acceptance and never the token's fault.
 """
@@ -27,7 +29,11 @@ from mcp_oauth.resource_server.jws_algorithms import (
     verified_claims,
 )
 from mcp_oauth.resource_server.key_set import KeySetCache
-from mcp_oauth.resource_server.provider_discovery import Provider, ProviderMetadata
+from mcp_oauth.resource_server.provider_discovery import (
+    IntrospectionRefused,
+    Provider,
+    ProviderMetadata,
+)
 from mcp_oauth.resource_server.verified_token import audiences
 
 SIGNED_ANSWER = "application/token-introspection+jwt"
@@ -48,19 +54,16 @@ def signed_answer_refusal(
     claims: Mapping[str, Any],
     *,
     issuer: str,
-    names: tuple[str, ...],
     now: float,
     leeway: float,
 ) -> str | None:
-    """Why a verified JWT is not an introspection answer for this server (RFC 9701 §5); None
-    if it is. `names` are what `aud` may say: this server's client id and resource URL."""
+    """Why a verified JWT is not a fresh introspection answer of `issuer` (RFC 9701 §5); None
+    if it is."""
     typ = str(header.get("typ", "")).lower().removeprefix("application/")
     if typ != "token-introspection+jwt":
         return f"{WHAT} typ {header.get('typ')!r} is not token-introspection+jwt"
     if claims.get("iss") != issuer:
         return f"{WHAT} issuer {claims.get('iss')!r} is not {issuer}"
-    if not {a.rstrip("/") for a in audiences(claims.get("aud"))} & {n.rstrip("/") for n in names}:
-        return f"{WHAT} audience {claims.get('aud')!r} is not this server ({' or '.join(names)})"
     iat = claims.get("iat")
     if not isinstance(iat, int | float) or isinstance(iat, bool) or not math.isfinite(iat):
         return f"{WHAT} has no numeric iat"
@@ -68,6 +71,15 @@ def signed_answer_refusal(
         return f"{WHAT} was issued at {iat}, not now ({int(now)})"
     if not isinstance(claims.get("token_introspection"), dict):
         return f"{WHAT} has no token_introspection object"
+    return None
+
+
+def audience_refusal(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    """Why a signed answer is not addressed to this server (RFC 9701 §5 `aud`); None if it is.
+    `names`: this server's client id and resource URL (a trailing slash names the same URL)."""
+    said = {aud.rstrip("/") for aud in audiences(claims.get("aud"))}
+    if not said & {name.rstrip("/") for name in names}:
+        return f"{WHAT} audience {claims.get('aud')!r} is not this server ({' or '.join(names)})"
     return None
 
 
@@ -103,7 +115,8 @@ class SignedAnswers:
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """The verified RFC 7662 answer about `token`; raises as Provider.introspect does,
-        and ProviderUnavailable for an answer that is not signed as promised."""
+        ProviderUnavailable for an answer that is not signed as promised, and
+        IntrospectionRefused for one addressed to someone else."""
         response = await self.provider.introspection_response(token, accept=SIGNED_ANSWER)
         media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != SIGNED_ANSWER:
@@ -123,7 +136,9 @@ class SignedAnswers:
             compact, header, keys, where=self.keys.jwks_uri, declared=self.algorithms, what=WHAT
         )
         if reason := signed_answer_refusal(
-            header, claims, issuer=self.issuer, names=self.names, now=self.now(), leeway=self.leeway
+            header, claims, issuer=self.issuer, now=self.now(), leeway=self.leeway
         ):
             raise SignatureRefused(reason)
+        if reason := audience_refusal(claims, self.names):
+            raise IntrospectionRefused(reason)
         return claims["token_introspection"]
