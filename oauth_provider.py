@@ -12,6 +12,7 @@ and the JSON endpoints), the metadata derived from both, and main().
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from mcp_oauth.common.security_events import SSF_CONFIGURATION_PATH
 from mcp_oauth.provider.admin_api import AdminApi
 from mcp_oauth.provider.authorization_server import AuthorizationServer
 from mcp_oauth.provider.authorize_page import AuthorizePage
@@ -41,6 +43,9 @@ from mcp_oauth.provider.endpoints import (
     RegistrationLimit,
     Revocation,
 )
+from mcp_oauth.provider.error_handlers import EXCEPTION_HANDLERS
+from mcp_oauth.provider.event_stream import EventStream
+from mcp_oauth.provider.event_wakeups import EventWakeups
 from mcp_oauth.provider.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -53,7 +58,6 @@ from mcp_oauth.provider.grants import (
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
-from mcp_oauth.provider.pages import message_page
 from mcp_oauth.provider.passwords import hash_password
 from mcp_oauth.provider.sign_in import SignIn
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
@@ -259,6 +263,7 @@ def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[Ba
     sign_in = SignIn(server.accounts, server.store.login_throttle, server.store.sessions)
     admin = AdminApi(server)
     userinfo = Userinfo(f"{server.issuer_url}/userinfo", server.store.tokens, server.accounts)
+    events = EventStream(server)
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(server.metadata)
@@ -295,28 +300,15 @@ def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[Ba
         Route("/device_authorization", server.device_authorization_endpoint, methods=["POST"]),
         Route("/admin/grants", admin.live_grants, methods=["GET"]),
         Route("/admin/revoke-user", admin.revoke_user, methods=["POST"]),
+        # Revocations as security events for resource servers (Shared Signals, RFC 8936)
+        Route(SSF_CONFIGURATION_PATH, events.serve_configuration),
+        Route("/ssf/stream", events.serve_stream, methods=["GET", "POST", "DELETE"]),
+        Route("/ssf/poll/{stream_id}", events.serve_poll, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
 
 # -- the application ----------------------------------------------------------------------
-
-
-async def not_found(request: Request, exc: Exception) -> Response:
-    if "text/html" in request.headers.get("accept", ""):
-        return message_page(request, 404, "Not found", "There is no page here.")
-    return JSONResponse({"error": "not_found"}, 404)
-
-
-async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    return JSONResponse(
-        {"error": "invalid_request", "error_description": "method not allowed"}, 405
-    )
-
-
-async def server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse({"error": "server_error"}, 500)
 
 
 def build_app(settings: argparse.Namespace) -> Starlette:
@@ -339,11 +331,23 @@ def build_app(settings: argparse.Namespace) -> Starlette:
                 https_only=settings.issuer.startswith("https://"),
             ),
         ],
-        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
-        lifespan=Janitor(
-            store.db, Retention(settings.retention_seconds, settings.unused_client_seconds)
-        ).running_every(settings.janitor_interval_seconds),
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=background_tasks(settings, store),
     )
+
+
+def background_tasks(settings: argparse.Namespace, store: Store):
+    """While the app serves: the janitor, and the wake-ups of event polls across replicas."""
+    retention = Retention(settings.retention_seconds, settings.unused_client_seconds)
+    janitor = Janitor(store.db, retention).running_every(settings.janitor_interval_seconds)
+    wakeups = EventWakeups(settings.database_url, store.events.doorbell)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with janitor(app), wakeups.running():
+            yield
+
+    return lifespan
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -388,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=2,  # open event polls end rather than hold a stop up
     )
 
 

@@ -6,7 +6,7 @@ the write lock up front (BEGIN IMMEDIATE); everything else runs as single autoco
 
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Connection, Engine
 
 
@@ -35,3 +35,8 @@ def create_storage_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+
+
+def libpq_url(url: str) -> str:
+    """The libpq connection URL (for psycopg itself) of a `postgresql+psycopg://` URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

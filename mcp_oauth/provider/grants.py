@@ -179,7 +179,7 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
 
     def _revoke_replayed(self, token: TokenRecord) -> None:
         log.warning("refresh token replayed: revoking its family %s", token.family_id)
-        self.server.store.tokens.revoke_family(token.family_id)
+        self.server.store.tokens.revoke_family(token.family_id, "refresh token replayed", "policy")
 
     def authenticate_user(self, refresh_token: TokenRecord):
         return self.server.accounts.get(refresh_token.username)

@@ -31,6 +31,7 @@ class TokenLifetimes:
 class TokenSubject(Protocol):
     """Who and what a token is for: a TokenFamily about to be minted, or a stored TokenRecord."""
 
+    family_id: str
     client_id: str
     username: str | None
     scope: str
@@ -54,10 +55,13 @@ def token_claims(
 ) -> dict:
     """The claims of an access token: RFC 9068 §2.2 in a JWT, RFC 7662 §2.2 in introspection.
     `sub` is the user, or the client itself for client_credentials; `act` (RFC 8693 §4.1)
-    names the clients that exchanged the token, nearest first."""
+    names the clients that exchanged the token, nearest first. `sid` names its family (the one
+    sign-in, refresh chain or client_credentials request it came from), which revocation
+    events name too (security_event_tokens.py)."""
     claims = {
         "iss": issuer_url,
         "sub": token.username or token.client_id,
+        "sid": token.family_id,
         "client_id": token.client_id,
         "iat": issued_at,
         "exp": expires_at,

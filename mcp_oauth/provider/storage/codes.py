@@ -70,4 +70,4 @@ class CodeStore:
                 )
             ).scalar()
         if family_id:
-            self.tokens.revoke_family(family_id)
+            self.tokens.revoke_family(family_id, "authorization code replayed", "policy")

@@ -20,6 +20,7 @@ from mcp_oauth.common.sql import create_storage_engine
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 
 Record = TypeVar("Record")
+AFTER_COMMIT = "mcp_oauth_after_commit"
 
 
 def now() -> int:
@@ -61,11 +62,22 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction: committed on success, rolled back on error."""
+        """One write transaction: committed on success, rolled back on error. What the
+        transaction asked for with `after_commit` runs once it committed."""
         with self._sqlite_writer or nullcontext(), self.engine.connect() as conn:
             conn.execution_options(write=True)
+            conn.info.pop(AFTER_COMMIT, None)  # the pooled connection's, from a rollback
             with conn.begin():
                 yield conn
+            for callback in conn.info.pop(AFTER_COMMIT, []):
+                callback()
+
+    @staticmethod
+    def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+        """Run `callback` once the write transaction of `conn` committed (never on rollback)."""
+        callbacks = conn.info.setdefault(AFTER_COMMIT, [])
+        if callback not in callbacks:
+            callbacks.append(callback)
 
     @staticmethod
     def upsert(conn: Connection, table: Table, row: dict, on_conflict: dict) -> None:

@@ -13,6 +13,9 @@ What is kept, and why:
 - device codes until they expire (anyone may ask for one, and an expired one is refused
   whether it is stored or not); refresh-grace answers once their grace ended; login-failure
   rows once they no longer count; rate-limit windows once they ended.
+- security events until `retention` seconds past the expiry of the last token they name
+  (a stream that had not acknowledged one is told, security_events.py); event streams until
+  they were not polled for `retention` seconds (their receiver is gone).
 - self-registered clients with no token family (never used, or every token long gone) once
   they are older than `unused_client` seconds; pre-registered clients always.
 """
@@ -41,6 +44,7 @@ from mcp_oauth.provider.storage.schema import (
     token_families,
     tokens,
 )
+from mcp_oauth.provider.storage.security_events import SecurityEvents
 
 log = logging.getLogger("oauth_provider")
 JANITOR_LOCK = 7262002  # PostgreSQL advisory lock id: one sweeping replica at a time
@@ -124,6 +128,7 @@ class Janitor:
                 login_failures, login_failures.c.last_failure_at <= stamp - LOGIN_FAILURE_WINDOW
             ),
             "rate_limits": remove(rate_limits, rate_limits.c.resets_at <= stamp),
+            **SecurityEvents.prune(conn, expired_before, expired_before),
             "clients": remove(
                 clients,
                 and_(

@@ -145,3 +145,31 @@ rate_limits = Table(
     Column("attempts", Integer, nullable=False),
     Column("resets_at", Integer, nullable=False, index=True),
 )
+
+# The log of security events (revocations) every replica serves to resource servers
+# (storage/security_events.py): one row per event, appended in the transaction that revokes.
+# `seq` never goes back (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), so a stream's
+# position is one number.
+security_events = Table(
+    "security_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("jti", String(36), nullable=False, unique=True),
+    Column("created_at", Integer, nullable=False),
+    Column("keep_until", Integer, nullable=False, index=True),  # the latest exp it names
+    Column("payload", Text, nullable=False),  # JSON: sub_id, events, toe (the SET is signed later)
+    sqlite_autoincrement=True,
+)
+
+# One row per receiver (a resource-server process): its client and the last event it
+# acknowledged (RFC 8936 §2.4), so any replica can serve its next poll.
+event_streams = Table(
+    "event_streams",
+    metadata,
+    Column("stream_id", String(36), primary_key=True),
+    Column("client_id", String(200), nullable=False, index=True),
+    Column("position", Integer, nullable=False),  # every event up to this seq is acknowledged
+    Column("events_lost", Boolean, nullable=False, default=False),  # pruned before acknowledged
+    Column("created_at", Integer, nullable=False),
+    Column("polled_at", Integer, nullable=False, index=True),
+)

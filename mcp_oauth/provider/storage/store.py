@@ -16,6 +16,7 @@ from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.devices import DeviceStore
 from mcp_oauth.provider.storage.login_throttle import LoginThrottle
 from mcp_oauth.provider.storage.rate_limits import RateLimits
+from mcp_oauth.provider.storage.security_events import SecurityEvents
 from mcp_oauth.provider.storage.sessions import SessionStore
 from mcp_oauth.provider.storage.tokens import TokenStore
 
@@ -27,7 +28,8 @@ class Store:
         self.db = Database(url)
         self.engine = self.db.engine
         self.clients = ClientStore(self.db)
-        self.tokens = TokenStore(self.db)
+        self.events = SecurityEvents(self.db)
+        self.tokens = TokenStore(self.db, self.events)
         self.codes = CodeStore(self.db, self.tokens)
         self.devices = DeviceStore(self.db)
         self.login_throttle = LoginThrottle(self.db)

@@ -4,12 +4,14 @@ A refresh token is rotated by an UPDATE that only matches an unspent row, in the
 transaction that stores its successors (and the sealed answer kept for the refresh grace),
 so two replicas racing on one refresh token get exactly one winner. Revoking a family
 revokes every token in it, exchanged tokens included; revoking an access token revokes the
-tokens exchanged for it.
+tokens exchanged for it. Every revocation appends its security event (security_events.py) in
+the transaction that revokes, so resource servers hear of exactly what committed.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
@@ -24,6 +26,7 @@ from mcp_oauth.provider.storage.database import (
 )
 from mcp_oauth.provider.storage.refresh_replies import RefreshReplies
 from mcp_oauth.provider.storage.schema import token_exchanges, token_families, tokens
+from mcp_oauth.provider.storage.security_events import SecurityEvents
 
 
 def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToken]) -> None:
@@ -92,9 +95,46 @@ def _with_exchanged_descendants(conn: Connection, token_hash: str) -> set[str]:
     return found
 
 
+def _live_access_tokens(conn: Connection, which) -> tuple[list[str], int]:
+    """The hashes of the live access tokens among `which`, and the latest of their expiries:
+    what a resource server may still accept, so what a revocation event must name."""
+    rows = conn.execute(
+        select(tokens.c.token_hash, tokens.c.expires_at).where(
+            which,
+            tokens.c.kind == "access",
+            tokens.c.revoked_at.is_(None),
+            tokens.c.expires_at > now(),
+        )
+    ).all()
+    return [row.token_hash for row in rows], max((row.expires_at for row in rows), default=0)
+
+
+def revocation_facts(
+    kind: str,
+    subject: str | None,
+    family: str | None,
+    hashes: list[str],
+    reason: str,
+    by: str,
+) -> dict:
+    """What a revocation event records (security_event_tokens.py makes the SET of it):
+    `kind` session (a family), user (every family of one user) or tokens (single access
+    tokens); `by` is CAEP's initiating_entity."""
+    return {
+        "kind": kind,
+        "subject": subject,
+        "family": family,
+        "tokens": hashes,
+        "reason": reason,
+        "by": by,
+        "at": time.time(),
+    }
+
+
 class TokenStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, events: SecurityEvents):
         self.db = db
+        self.events = events
         self.replies = RefreshReplies(db)
 
     def save_family(self, family: TokenFamily, issued: list[IssuedToken]) -> None:
@@ -185,10 +225,35 @@ class TokenStore:
                 self.replies.keep(conn, old.token_hash, old.client_id, answer, sealed, grace)
             return True
 
-    def revoke_family(self, family_id: str) -> int:
-        """Revoke a family and every token in it; returns how many tokens were live."""
-        stamp = now()
+    def revoke_family(self, family_id: str, reason: str = "revoked", by: str = "system") -> int:
+        """Revoke a family and every token in it; returns how many tokens were live. The
+        event telling resource servers is appended in the same transaction."""
         with self.db.write() as conn:
+            return self._revoke_families(conn, [family_id], reason, by, whole_user=None)
+
+    def _revoke_families(
+        self,
+        conn: Connection,
+        family_ids: list[str],
+        reason: str,
+        by: str,
+        *,
+        whole_user: str | None,
+    ) -> int:
+        """Revoke the families and their tokens; one event for them all: each family's own
+        (CAEP session-revoked), or the user's (RISC sessions-revoked) when `whole_user`."""
+        stamp = now()
+        revoked, hashes, keep_until, subject = 0, [], 0, whole_user
+        for family_id in family_ids:
+            _lock_family(conn, family_id)
+            family = conn.execute(
+                select(token_families.c.username, token_families.c.client_id).where(
+                    token_families.c.grant_id == family_id
+                )
+            ).first()
+            found, latest = _live_access_tokens(conn, tokens.c.grant_id == family_id)
+            hashes += found
+            keep_until = max(keep_until, latest)
             conn.execute(
                 update(token_families)
                 .where(
@@ -196,26 +261,38 @@ class TokenStore:
                 )
                 .values(revoked_at=stamp)
             )
-            return conn.execute(
+            revoked += conn.execute(
                 update(tokens)
                 .where(tokens.c.grant_id == family_id, tokens.c.revoked_at.is_(None))
                 .values(revoked_at=stamp)
             ).rowcount
+            if family is not None and whole_user is None:
+                subject = family.username or family.client_id
+        if revoked:
+            kind, family = ("user", None) if whole_user else ("session", family_ids[0])
+            facts = revocation_facts(kind, subject, family, hashes, reason, by)
+            self.events.append(conn, facts, keep_until)
+        return revoked
 
-    def revoke(self, token: TokenRecord) -> None:
+    def revoke(self, token: TokenRecord, reason: str = "token revoked", by: str = "user") -> None:
         """RFC 7009: an access token with the tokens exchanged for it (RFC 8693: they act
         within its grant); a refresh token takes its whole family with it."""
         if token.kind == "refresh":
-            self.revoke_family(token.family_id)
+            self.revoke_family(token.family_id, reason, by)
             return
         with self.db.write() as conn:
             _lock_family(conn, token.family_id)
             revoked = _with_exchanged_descendants(conn, token.token_hash)
+            hashes, keep_until = _live_access_tokens(conn, tokens.c.token_hash.in_(revoked))
             conn.execute(
                 update(tokens)
                 .where(tokens.c.token_hash.in_(revoked), tokens.c.revoked_at.is_(None))
                 .values(revoked_at=now())
             )
+            if hashes:
+                subject = token.username or token.client_id
+                facts = revocation_facts("tokens", subject, token.family_id, hashes, reason, by)
+                self.events.append(conn, facts, keep_until)
 
     # -- administration (for resource servers) -------------------------------------------
 
@@ -247,8 +324,9 @@ class TokenStore:
         ]
 
     def revoke_user(self, username: str) -> int:
-        """Revoke every live family of one user; returns how many tokens were live."""
-        with self.db.engine.connect() as conn:
+        """Revoke every live family of one user, in one transaction with one event; returns
+        how many tokens were live."""
+        with self.db.write() as conn:
             family_ids = (
                 conn.execute(
                     select(token_families.c.grant_id).where(
@@ -259,4 +337,7 @@ class TokenStore:
                 .scalars()
                 .all()
             )
-        return sum(self.revoke_family(family_id) for family_id in family_ids)
+            return self._revoke_families(
+                conn, list(family_ids), "an administrator revoked the user", "admin",
+                whole_user=username,
+            )  # fmt: skip
