@@ -7,7 +7,10 @@ points at this server's protected resource metadata (RFC 9728), which names the 
 server to log in at. With a token, each request is checked the way that server allows:
 introspection (cached) when it offers it and this server has client credentials, otherwise
 local JWT validation against its key set (Entra ID, or any provider via MCP_TOKEN_VALIDATION).
-Each tool call is checked against the scope the tool needs: a missing scope is a 403
+A token the provider revokes is refused within a second when the provider publishes its
+revocations as security events (Shared Signals), which this server receives in the background;
+cached answers then live 300 s instead of 60. Each tool call is checked against the scope the
+tool needs: a missing scope is a 403
 insufficient_scope the client can step up from. One tool calls a downstream API on the user's
 behalf with a token exchanged for it (RFC 8693, or Entra's On-Behalf-Of grant).
 
@@ -24,7 +27,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -40,108 +42,26 @@ from starlette.responses import JSONResponse
 
 from mcp_oauth.resource_server.argument_errors import ShortArgumentErrors
 from mcp_oauth.resource_server.caller import current_caller
-from mcp_oauth.resource_server.entra import entra_issuers
 from mcp_oauth.resource_server.fastmcp_internals import warm_state_store
 from mcp_oauth.resource_server.gate import guard
 from mcp_oauth.resource_server.introspection import IntrospectionVerifier
 from mcp_oauth.resource_server.on_behalf_of import DownstreamError, OnBehalfOf
 from mcp_oauth.resource_server.provider_discovery import Provider, ProviderError
+from mcp_oauth.resource_server.revocation_stream import RevocationStream
+from mcp_oauth.resource_server.revocations import Revocations
+from mcp_oauth.resource_server.server_settings import (
+    DEV_CLIENT_SECRET,
+    ENVIRONMENT_HELP,
+    Settings,
+)
 from mcp_oauth.resource_server.store import ResourceStore
 from mcp_oauth.resource_server.tool_scopes import PUBLIC, SIGNED_IN, ToolScopes
-from mcp_oauth.resource_server.validation_settings import (
-    SETTINGS_HELP,
-    ConfigurationError,
-    ValidationSettings,
-)
+from mcp_oauth.resource_server.validation_settings import ConfigurationError
 from mcp_oauth.resource_server.verifier_choice import ChosenVerifier
 
 log = logging.getLogger("mcp_resource_server")
 
 # --- Settings ----------------------------------------------------------------------------------
-
-DEV_CLIENT_SECRET = "dev-mcp-resource-server-secret"  # the provider's development default
-
-ENVIRONMENT_HELP = f"""\
-environment:
-  OAUTH_PROVIDER_URL             issuer URL of the authorization server, exactly as it states
-                                 it; its endpoints are discovered from its metadata
-                                 (default http://localhost:9000)
-  OAUTH_METADATA_URL             URL of its metadata document, when not at the issuer's
-                                 well-known URLs (RFC 8414, then OpenID discovery); the issuer
-                                 it names must still be OAUTH_PROVIDER_URL
-  MCP_SERVER_URL                 public URL of the MCP endpoint: the resource tokens must name
-                                 in `aud`, and its path is where MCP is served
-                                 (default http://localhost:8000/mcp)
-  MCP_RS_CLIENT_ID               this server's client id at the provider, used to introspect
-                                 tokens, exchange them and call the admin API
-                                 (default mcp-resource-server)
-  MCP_RS_CLIENT_SECRET           its secret; with Entra, a client secret of the MCP API's app
-                                 registration (for On-Behalf-Of). When OAUTH_PROVIDER_URL is
-                                 not set: the local provider's development default
-                                 {DEV_CLIENT_SECRET!r}, with a warning
-  MCP_DOWNSTREAM_URL             the API get_downstream_profile calls on the user's behalf
-                                 (default: the provider's <issuer>/userinfo; needed with Entra)
-  MCP_DOWNSTREAM_RESOURCE        the audience to exchange the user's token for: a resource URI
-                                 or a logical name such as a Keycloak client id; with Entra the
-                                 downstream API's app ID URI (default MCP_DOWNSTREAM_URL)
-  MCP_INTROSPECTION_CACHE_TTL    seconds a token's positive introspection answer is reused
-                                 (default 60, never beyond the token's expiry): longer means
-                                 fewer provider calls, but a revoked token keeps working that long
-  MCP_INTROSPECTION_REFUSAL_TTL  seconds a refused token stays refused without asking again
-                                 (default 5)
-  MCP_INTROSPECTION_CACHE_SIZE   most accepted tokens cached, and as many refusals (default 10000)
-  MCP_DATABASE_URL               SQLAlchemy URL of this server's own records and notes
-                                 (default sqlite:///data/mcp_resource_server.db)
-{SETTINGS_HELP}"""
-
-
-@dataclass(frozen=True)
-class Settings:
-    provider_url: str
-    metadata_url: str | None
-    server_url: str
-    client_id: str
-    client_secret: str
-    cache_ttl: float
-    refusal_ttl: float
-    cache_size: int
-    database_url: str
-    downstream_url: str | None
-    downstream_resource: str | None
-    validation: ValidationSettings
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ.get
-        try:
-            validation = ValidationSettings.from_env()
-        except ConfigurationError as exc:
-            raise SystemExit(f"mcp_resource_server: {exc}") from None
-        # Defaults follow the provider: our local one, or the Entra tenant's v2.0 issuer.
-        # The development secret belongs to the local development provider only.
-        provider_url, client_id = "http://localhost:9000", "mcp-resource-server"
-        secret = "" if "OAUTH_PROVIDER_URL" in os.environ else DEV_CLIENT_SECRET
-        if validation.entra_tenant_id and validation.entra_client_id:
-            provider_url = entra_issuers(validation.entra_tenant_id)[1]
-            client_id, secret = validation.entra_client_id, ""
-        try:
-            return cls(
-                provider_url=env("OAUTH_PROVIDER_URL", provider_url),
-                metadata_url=env("OAUTH_METADATA_URL") or None,
-                server_url=env("MCP_SERVER_URL", "http://localhost:8000/mcp"),
-                client_id=env("MCP_RS_CLIENT_ID", client_id),
-                client_secret=env("MCP_RS_CLIENT_SECRET", secret),
-                cache_ttl=float(env("MCP_INTROSPECTION_CACHE_TTL", "60")),
-                refusal_ttl=float(env("MCP_INTROSPECTION_REFUSAL_TTL", "5")),
-                cache_size=int(env("MCP_INTROSPECTION_CACHE_SIZE", "10000")),
-                database_url=env("MCP_DATABASE_URL", "sqlite:///data/mcp_resource_server.db"),
-                downstream_url=env("MCP_DOWNSTREAM_URL") or None,
-                downstream_resource=env("MCP_DOWNSTREAM_RESOURCE") or None,
-                validation=validation,
-            )
-        except ValueError as exc:
-            raise SystemExit(f"mcp_resource_server: bad numeric setting: {exc}") from None
-
 
 settings = Settings.from_env()
 
@@ -156,6 +76,8 @@ provider = Provider(
     http,
     metadata_url=settings.metadata_url,
 )
+# What the provider's security events revoked: refused before any cached answer is used.
+revocations = Revocations()
 verifier = ChosenVerifier(
     settings.validation,
     provider=provider,
@@ -164,10 +86,23 @@ verifier = ChosenVerifier(
     introspection=lambda: IntrospectionVerifier(
         provider,
         settings.server_url,
-        cache_ttl=settings.cache_ttl,
+        cache_ttl=settings.cache_ttl_without_events,
         refusal_ttl=settings.refusal_ttl,
         cache_size=settings.cache_size,
     ),
+    revocations=revocations,
+    kept_answers=settings.cache_size,
+)
+# The provider's revocation events, received in the background: while they arrive, accepted
+# answers are kept for the longer TTL; when events may have been missed, only the short one.
+revocation_events = RevocationStream(
+    provider,
+    settings.client_id,
+    settings.client_secret,
+    revocations,
+    healthy=lambda: verifier.keep_answers(settings.cache_ttl_with_events),
+    fall_back=lambda: verifier.keep_answers(0),
+    evict=verifier.evict,
 )
 downstream = OnBehalfOf(
     provider,
@@ -185,9 +120,17 @@ async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
     store.create_tables()
     await scopes.check_complete()
     warm_state_store(mcp)  # not in the first user's call
+    receiving = None
+    if settings.receives_revocation_events:
+        receiving = asyncio.create_task(revocation_events.run())
+    else:
+        revocation_events.state = "off"
     try:
         yield
     finally:
+        if receiving:
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
         log.info("Token verifier counters at shutdown: %s", verifier.metrics())
         await http.aclose()
 
@@ -325,9 +268,14 @@ async def admin_operation(
 
 @mcp.custom_route("/metrics", methods=["GET"])
 async def metrics(_request: Request) -> JSONResponse:
-    """How tokens are checked, with its counters, and the token exchange counters."""
+    """How tokens are checked, with its counters; the revocation event stream's state, lag
+    and counters; and the token exchange counters."""
     return JSONResponse(
-        {"token_verifier": verifier.metrics(), "on_behalf_of": downstream.metrics()}
+        {
+            "token_verifier": verifier.metrics(),
+            "revocation_events": revocation_events.metrics(),
+            "on_behalf_of": downstream.metrics(),
+        }
     )
 
 

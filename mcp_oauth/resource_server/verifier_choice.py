@@ -5,17 +5,27 @@ names an introspection endpoint and this server has client credentials for it, o
 when it names a `jwks_uri` (or MCP_JWKS_URL is set); MCP_TOKEN_VALIDATION forces either, and
 Entra (no introspection endpoint) always means JWT. Settings that allow no check at all are
 this server's fault, never the client's: they stop the server at start, or answer 503 later.
+
+Whatever the mode, a token the provider's security events revoked (revocations.py) is refused
+before its cached answer is used, and a verified token whose grant or user was revoked after
+it was issued is refused too. While the event stream is healthy, accepted introspection
+answers are also kept longer than the introspection cache keeps them (`keep_answers`), in a
+cache indexed by grant and user so an event evicts them at once (`evict`); when events may have
+been missed they are dropped, and the introspection cache's own TTL is all that remains.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
 from fastmcp.server.auth import AccessToken
 
+from mcp_oauth.resource_server.caches import IndexedAnswers
 from mcp_oauth.resource_server.entra import entra_expectations
 from mcp_oauth.resource_server.jwt_claims import Expectations
 from mcp_oauth.resource_server.jwt_verifier import JwtVerifier
@@ -25,8 +35,9 @@ from mcp_oauth.resource_server.provider_discovery import (
     ProviderMetadata,
     ProviderUnavailable,
 )
+from mcp_oauth.resource_server.revocations import Revocations, Revoked, token_hash
 from mcp_oauth.resource_server.validation_settings import ConfigurationError, ValidationSettings
-from mcp_oauth.resource_server.verified_token import CheckingVerifier
+from mcp_oauth.resource_server.verified_token import CheckingVerifier, TokenRefused, VerifiedToken
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,18 @@ def choose_mode(
     )
 
 
+def verified(access: AccessToken) -> VerifiedToken:
+    """What an accepted token allows, without the token (to keep it)."""
+    return VerifiedToken(
+        client_id=access.client_id,
+        scopes=list(access.scopes),
+        subject=access.subject,
+        expires_at=access.expires_at,
+        resource=str(access.resource or ""),
+        claims=dict(access.claims or {}),
+    )
+
+
 class ChosenVerifier(CheckingVerifier):
     """Picks introspection or JWT on first need (discovery may wait for the provider to come
     up), then hands every token to the chosen verifier."""
@@ -83,8 +106,14 @@ class ChosenVerifier(CheckingVerifier):
         resource_url: str,
         client_credentials: bool,
         introspection: Callable[[], CheckingVerifier],
+        revocations: Revocations | None = None,
+        kept_answers: int = 10_000,
     ):
         super().__init__()
+        self.revocations = revocations
+        self.kept = IndexedAnswers(kept_answers)  # see keep_answers
+        self.kept_ttl = 0.0
+        self.kept_hits = 0
         self.settings = settings
         self.provider = provider
         self.resource_url = resource_url
@@ -138,9 +167,47 @@ class ChosenVerifier(CheckingVerifier):
         except ConfigurationError as exc:
             log.error("Cannot check bearer tokens: %s", exc)
             raise ProviderUnavailable(str(exc), 30) from exc
-        return await chosen.check(token)
+        if self.revocations is None:
+            return await chosen.check(token)
+        hashed = token_hash(token)
+        if reason := self.revocations.refusal(hashed):
+            raise TokenRefused(reason)
+        if (kept := self.kept.get(hashed)) is not None:
+            self.kept_hits += 1
+            return kept.access_token(token)
+        access = await chosen.check(token)
+        if reason := self.revocations.claims_refusal(access.claims):
+            raise TokenRefused(reason)
+        if self.kept_ttl > 0 and self.mode == "introspection":
+            lifetime = min(self.kept_ttl, (access.expires_at or math.inf) - time.time())
+            self.kept.put(hashed, verified(access), lifetime, access.claims)
+        return access
+
+    def keep_answers(self, ttl: float) -> None:
+        """Keep accepted introspection answers `ttl` seconds, beyond the introspection cache's
+        own TTL: only while revocations arrive as events. 0 stops, and drops what was kept
+        (events may have been missed): the introspection cache's TTL rules alone apply."""
+        self.kept_ttl = ttl
+        if ttl <= 0:
+            self.kept.clear()
+
+    def evict(self, revoked: Revoked) -> None:
+        """Drop the kept answers a revocation event names (the deny-lists refuse the rest)."""
+        self.kept.evict(
+            revoked.hashes,
+            family=revoked.family,
+            subject=revoked.subject,
+            issued_before=revoked.issued_before,
+        )
 
     def metrics(self) -> dict[str, Any]:
-        """The chosen verifier's counters, and which one it is."""
+        """The chosen verifier's counters, and which one it is (and its cache TTL)."""
         metrics = cast(Callable[[], dict[str, Any]], getattr(self.chosen, "metrics", dict))
-        return {"mode": self.mode, **metrics()}
+        kept = {
+            "kept_answer_ttl": self.kept_ttl,
+            "kept_answers": len(self.kept),
+            "kept_answer_hits": self.kept_hits,
+            "kept_answers_evicted_by_event": self.kept.evicted,
+        }
+        shown = self.revocations is not None and self.mode == "introspection"
+        return {"mode": self.mode, **metrics(), **(kept if shown else {})}
