@@ -15,7 +15,7 @@ What is kept, and why:
   rows once they no longer count; rate-limit windows once they ended.
 - security events until `retention` seconds past the expiry of the last token they name
   (a stream that had not acknowledged one is told, security_events.py); event streams until
-  they were not polled for `retention` seconds (their receiver is gone).
+  they were not polled for `idle_stream` seconds (their receiver is gone).
 - self-registered clients with no token family (never used, or every token long gone) once
   they are older than `unused_client` seconds; pre-registered clients always.
 """
@@ -54,6 +54,7 @@ JANITOR_LOCK = 7262002  # PostgreSQL advisory lock id: one sweeping replica at a
 class Retention:
     retention: int = 24 * 3600  # seconds expired tokens (and used codes) are kept
     unused_client: int = 24 * 3600  # seconds a self-registered client may stay unused
+    idle_stream: int = 24 * 3600  # seconds an event stream may go unpolled
 
 
 class Janitor:
@@ -128,7 +129,7 @@ class Janitor:
                 login_failures, login_failures.c.last_failure_at <= stamp - LOGIN_FAILURE_WINDOW
             ),
             "rate_limits": remove(rate_limits, rate_limits.c.resets_at <= stamp),
-            **SecurityEvents.prune(conn, expired_before, expired_before),
+            **SecurityEvents.prune(conn, expired_before, stamp - self.retention.idle_stream),
             "clients": remove(
                 clients,
                 and_(
