@@ -67,7 +67,7 @@ def test_audience_must_include_this_resource():
     assert refused(answer(aud=RESOURCE + "/")) is None  # a trailing slash names the same URL
 
 
-def test_issuer_when_named_must_be_our_provider():
+def test_issuer_must_be_our_provider():
     assert refused(answer(iss="http://evil.example")) == (
         f"token issuer 'http://evil.example' is not {ISSUER}"
     )
