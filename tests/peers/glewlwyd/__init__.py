@@ -42,7 +42,7 @@ SCHEMAS = (
 )
 """Where the package ships its SQLite schema (the second may be stripped from slim images)."""
 MODULES = Path("/usr/lib/glewlwyd")
-ADMIN = ("admin", "password")  # what the package's schema creates
+ADMIN = {"username": "admin", "password": "password"}  # what the package's schema creates
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never visited: the code is read from Location
 CONFIG = """\
 port={port}
@@ -235,7 +235,7 @@ def start_glewlwyd(folder: Path, timeout: float = 30.0) -> GlewlwydPeer:
     )
     admin = httpx.Client(base_url=f"{url}/api", timeout=10)
     try:
-        checked(admin.post("/auth/", json=dict(zip(("username", "password"), ADMIN))), "admin")
+        checked(admin.post("/auth/", json=ADMIN), "sign the admin in")
     except Exception:
         stop_peer(process)
         raise
