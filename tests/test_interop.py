@@ -84,6 +84,8 @@ def test_oidc_provider_tokens_call_tools(oidc_stack: tuple[OidcProviderPeer, Res
     verifier = rs.metrics()["token_verifier"]
     if peer.access_token_format == "opaque":
         assert verifier["mode"] == "introspection" and verifier["introspections"] >= 1
+        # It offers no signed answers (its jwtIntrospection feature is off): plain RFC 7662.
+        assert verifier["signed_answers"] == 0
     else:
         assert verifier["mode"] == "jwt" and verifier["accepted"] >= 3
         assert "introspections" not in verifier
