@@ -21,8 +21,10 @@ if [ "${1:-}" = "--test" ]; then
   missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
-  # Glewlwyd's package would set up a system-wide database and service (dbconfig, debconf);
-  # the tests build their own in a temporary folder, so it is installed unconfigured.
+  # Glewlwyd's package would set up a system-wide database (dbconfig) and service; the tests
+  # build their own in a temporary folder, so it is installed unconfigured ("No configuration"
+  # and dbconfig-no-thanks): its postinst then only writes a sample /etc/glewlwyd/glewlwyd.conf
+  # and tries to start the service, which may fail harmlessly (`|| true`; containers deny it).
   glewlwyd=false
   command -v glewlwyd >/dev/null 2>&1 || { glewlwyd=true; missing+=(glewlwyd dbconfig-no-thanks); }
   if [ "${#missing[@]}" -gt 0 ]; then
