@@ -7,10 +7,11 @@ is verified (security_event_checks.py: signature by the provider's key set, `typ
 `aud` = our client id) and applied to the deny-lists (revocations.py); what was applied or
 refused is acknowledged on the next poll, refusals with their RFC 8935 error code.
 
-Health decides the cache: the verifier caches answers for the longer TTL only while the stream
-is healthy. When the stream fails, or may have missed events (the provider lost the stream or
-pruned what it had not acknowledged), `fall_back` runs at once: cached answers are dropped and
-the ordinary TTL applies until a new stream answers its first poll. A new stream starts at the
+Health decides the cache: the verifier keeps accepted answers for the longer TTL only while
+the stream is healthy (`healthy`). When the stream fails, or may have missed events (the
+provider lost the stream or pruned what it had not acknowledged), `fall_back` runs at once:
+the answers kept beyond the ordinary TTL are dropped, and only the introspection cache's own
+TTL applies until a new stream answers its first poll. A new stream starts at the
 first event whose tokens may still be live, so a reconnected (or restarted) server learns the
 revocations it missed. A provider without the metadata (Keycloak, Entra, …) leaves this
 server exactly as it was without a stream.
@@ -120,8 +121,8 @@ class RevocationStream:
         """The transmitter metadata (SSF 1.0 §7.1); None when the provider publishes none or
         one for another issuer, or cannot poll-deliver."""
         response = await self.http.get(ssf_configuration_url(issuer))
-        if response.status_code in (404, 405, 410):
-            return None
+        if 400 <= response.status_code < 500 and response.status_code != 429:
+            return None  # not published (or not to us): exactly as without a stream
         response.raise_for_status()
         configuration = response.json()
         if not isinstance(configuration, dict) or configuration.get("issuer") != issuer:
