@@ -97,6 +97,26 @@ def test_a_retry_after_the_new_refresh_token_was_used_is_replay(provider):
     assert not active(provider, third["access_token"])
 
 
+def test_a_retry_after_the_new_token_was_used_on_a_replica_without_grace_is_replay(
+    provider, tmp_path
+):
+    """The kept answer names the token it bought: once that token is spent, the answer is
+    never given again, even when it was spent where no grace applies (a replica of the same
+    database running --refresh-grace-seconds 0, as during a change of the setting), so the
+    kept answer was not forgotten at that rotation."""
+    strict = start_provider(tmp_path, provider.database_url, args=["--refresh-grace-seconds", "0"])
+    try:
+        first = user_tokens(provider)
+        second = refresh(provider, first["refresh_token"]).json()
+        third = refresh(strict, second["refresh_token"])
+        assert third.status_code == 200, third.text
+        replay = refresh(provider, first["refresh_token"])
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        assert not active(provider, third.json()["access_token"])
+    finally:
+        strict.process.stop()
+
+
 def test_a_retry_from_another_client_is_refused_and_revokes_the_family(provider):
     other = httpx.post(
         f"{provider.url}/register",
