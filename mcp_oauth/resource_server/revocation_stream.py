@@ -105,6 +105,9 @@ class RevocationStream:
                 continue
             except (httpx.HTTPError, ProviderError, ValueError, KeyError, TypeError) as exc:
                 self._gap(f"event stream unavailable ({exc!r})")
+            except Exception as exc:  # never a dead task that still looks healthy
+                log.exception("Revocation events: unexpected failure")
+                self._gap(f"unexpected failure ({exc!r})")
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_PAUSE)
 
