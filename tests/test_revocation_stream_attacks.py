@@ -95,11 +95,18 @@ def real_set(provider) -> tuple[str, dict]:
     """A SET the provider really delivered to the resource server (a family revoked: CAEP
     session-revoked), and its claims."""
     endpoint = drained_stream(provider.url)
-    revoke(provider.url, tokens_for(provider.url, _browser(provider))["refresh_token"])
+    tokens = tokens_for(provider.url, _browser(provider))
+    revoke(provider.url, tokens["refresh_token"])
     sets = poll(endpoint).json()["sets"]
     assert len(sets) == 1
     value = next(iter(sets.values()))
-    return value, jwt.decode(value, RSAKey.import_key(signing_key(provider))).claims
+    claims = jwt.decode(value, RSAKey.import_key(signing_key(provider))).claims
+    # The tokens are named by their SHA-256 only, never shown.
+    event = claims["events"][SESSION_REVOKED]
+    assert event[TOKEN_HASHES] == [token_hash(tokens["access_token"])]
+    for secret in (tokens["access_token"], tokens["refresh_token"]):
+        assert secret not in json.dumps(claims)
+    return value, claims
 
 
 def _browser(provider):
