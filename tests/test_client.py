@@ -635,6 +635,45 @@ def test_stale_registration_is_replaced_after_the_provider_forgets_it(user, stac
     assert re.search(r"POST \S+/register", result.stderr) and "│ bob" in result.stdout
 
 
+def test_a_resource_moved_to_another_provider_gets_none_of_the_old_credentials(tmp_path):
+    """SEP-2352: alice signed in through provider A; the MCP server (same URL) now names
+    provider B. The client neither refreshes A's tokens (B would not accept A's tokens, and
+    A's would not open the server) nor presents A's client id or refresh token to B: it
+    registers at B and signs in there, once."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    old = start_stack(tmp_path / "a")
+    user = User(tmp_path / "home", old.mcp_url)
+    assert user.run(*headless("alice"), "whoami").returncode == 0
+    old_client_id = json.loads(user.cache("alice").read_text())["client"]["client_id"]
+    old.processes[1].stop()  # the MCP server moves; provider A stays up
+    rs_port = int(urlsplit(old.mcp_url).port)
+    new_provider = start_provider(
+        tmp_path / "b", env={"MCP_RS_CLIENT_SECRET": RS_SECRET}, resource=old.mcp_url
+    )
+    moved = start_resource_server(
+        tmp_path / "b",
+        rs_port,
+        {"OAUTH_PROVIDER_URL": new_provider.url, "MCP_RS_CLIENT_SECRET": RS_SECRET},
+    )
+    try:
+        result = user.run(*headless("alice"), "--trace", "whoami")
+        assert result.returncode == 0, result.stderr
+        assert "│ alice" in result.stdout
+        requests = [line for line in result.stderr.splitlines() if " → provider " in line]
+        assert not any("grant_type=refresh_token" in line for line in requests), requests
+        assert not any(old_client_id in line for line in requests), requests
+        assert any(
+            re.search(rf"POST {re.escape(new_provider.url)}/register", line) for line in requests
+        )
+        saved = json.loads(user.cache("alice").read_text())
+        assert saved["client"]["client_id"] != old_client_id
+    finally:
+        moved.stop()
+        new_provider.process.stop()
+        old.processes[0].stop()
+
+
 def test_authorization_response_from_another_issuer_is_refused(stack):
     """RFC 9207: an `iss` that is not the issuer means a mix-up; no code is redeemed."""
     metadata = ServerMetadata.model_validate(
