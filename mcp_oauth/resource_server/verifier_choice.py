@@ -148,7 +148,9 @@ class ChosenVerifier(CheckingVerifier):
             assert s.entra_tenant_id and s.entra_client_id  # from_env insists on both
             expect = entra_expectations(s.entra_tenant_id, s.entra_client_id, s.entra_app_id_uri)
         else:
-            expect = Expectations.for_provider(metadata.issuer, self.resource_url)
+            expect = Expectations.for_provider(
+                metadata.issuer, self.resource_url, metadata.document
+            )
         jwks_uri = s.jwks_url or metadata.jwks_uri
         assert jwks_uri  # choose_mode picks jwt only with keys to check against
         keys = KeySetCache(
