@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import json
 import logging
 import os
@@ -57,8 +56,9 @@ from mcp_oauth.provider.grants import (
 )
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
+from mcp_oauth.provider.identity import OpenIDCode
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
-from mcp_oauth.provider.passwords import hash_password
+from mcp_oauth.provider.passwords import print_password_hash
 from mcp_oauth.provider.sign_in import SignIn
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
 from mcp_oauth.provider.storage.sessions import SESSION_LIFETIME
@@ -242,8 +242,9 @@ def authorization_server(
     server = AuthorizationServer(
         settings.issuer, users, store, minter, ClientDocuments(settings.cimd_allow_loopback)
     )
+    openid = OpenIDCode(settings.issuer, minter, store.codes)  # OpenID Connect: ID tokens
     server.register_grant(
-        AuthorizationCodeGrant, [S256CodeChallenge(required=True), ResourceIndicator()]
+        AuthorizationCodeGrant, [S256CodeChallenge(required=True), ResourceIndicator(), openid]
     )
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
@@ -351,13 +352,6 @@ def background_tasks(settings: argparse.Namespace, store: Store):
 
 
 # -- main ---------------------------------------------------------------------------------
-
-
-def print_password_hash() -> None:
-    password = getpass.getpass("New password: ")
-    if password != getpass.getpass("Again: "):
-        sys.exit("error: the two passwords differ; nothing printed")
-    print(hash_password(password))
 
 
 def main(argv: list[str] | None = None) -> None:

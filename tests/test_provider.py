@@ -435,7 +435,10 @@ def test_metadata_documents(provider):
     oidc = httpx.get(f"{provider.url}/.well-known/openid-configuration").json()
     assert rfc8414 == oidc
     assert rfc8414["issuer"] == provider.url
-    assert rfc8414["scopes_supported"] == ["read", "write", "admin", "offline_access"]
+    assert rfc8414["scopes_supported"] == [
+        *("read", "write", "admin"),  # the resources' scopes (users.yaml)
+        *("openid", "profile", "email", "offline_access"),  # identity.py, SEP-2207
+    ]
     assert rfc8414["response_types_supported"] == ["code"]
     assert rfc8414["code_challenge_methods_supported"] == ["S256"]
     assert rfc8414["authorization_response_iss_parameter_supported"] is True

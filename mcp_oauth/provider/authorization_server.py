@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from mcp_oauth.provider.checks import check_basic_credentials
 from mcp_oauth.provider.client_checks import document_metadata
 from mcp_oauth.provider.client_documents import ClientDocuments
+from mcp_oauth.provider.identity import SCOPE_CLAIMS, OpenIDCode
 from mcp_oauth.provider.oauth_request import (
     StarletteOAuth2Request,
     read_json_request,
@@ -72,12 +73,26 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         self.metadata: dict = {}  # set by oauth_provider.py once the routes are known
 
     def register_grant(self, grant_cls, extensions=None) -> None:
-        """A server that issues refresh tokens honours `offline_access` (SEP-2207), so it
-        lists it in scopes_supported (scope_policy.py)."""
+        """A server that issues refresh tokens honours `offline_access` (SEP-2207), and one
+        that issues ID tokens the identity scopes, so it lists them in scopes_supported
+        (scope_policy.py)."""
         super().register_grant(grant_cls, extensions)
         self.grants.append((grant_cls, list(extensions or [])))
-        if grant_cls.GRANT_TYPE == "refresh_token" and OFFLINE_ACCESS not in self.scopes_supported:
-            self.scopes_supported = [*self.scopes_supported, OFFLINE_ACCESS]
+        if grant_cls.GRANT_TYPE == "refresh_token":
+            self.support_scopes([OFFLINE_ACCESS])
+        if any(isinstance(extension, OpenIDCode) for extension in extensions or []):
+            self.support_scopes(SCOPE_CLAIMS)
+
+    def support_scopes(self, scopes) -> None:
+        self.scopes_supported = list(dict.fromkeys([*self.scopes_supported, *scopes]))
+
+    @property
+    def issues_id_tokens(self) -> bool:
+        return any(
+            isinstance(extension, OpenIDCode)
+            for _, extensions in self.grants
+            for extension in extensions
+        )
 
     def register_endpoint(self, endpoint) -> None:
         super().register_endpoint(endpoint)

@@ -103,6 +103,9 @@ class AuthorizePage:
         if problem:
             return problem
         approved = form.get("decision") == "approve"
+        oauth_request.auth_time = await run_in_threadpool(
+            self.server.store.sessions.started_at, request.session.get("sid", "")
+        )
         response = await run_in_threadpool(
             self.server.create_authorization_response,
             oauth_request,

@@ -18,6 +18,7 @@ from authlib.oauth2.rfc6749.errors import (
     InvalidScopeError,
     UnauthorizedClientError,
 )
+from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc8628 import DeviceCodeGrant as AuthlibDeviceCodeGrant
 
@@ -34,6 +35,7 @@ from mcp_oauth.provider.checks import (
     exchanged_scope,
     requested_resource,
 )
+from mcp_oauth.provider.identity import IDENTITY_SCOPES
 from mcp_oauth.provider.records import (
     ANY_CLIENT_AUTH,
     CONFIDENTIAL_AUTH,
@@ -113,8 +115,10 @@ class AuthorizationCodeGrant(TokenGrant, grants.AuthorizationCodeGrant):
                 resource=request.resource,
                 code_challenge=request.payload.data["code_challenge"],
                 code_challenge_method="S256",
-                auth_time=int(time.time()),
+                # when the person signed in (authorize_page.py), for the ID token's auth_time
+                auth_time=getattr(request, "auth_time", None) or int(time.time()),
                 expires_at=int(time.time()) + AUTHORIZATION_CODE_LIFETIME,
+                nonce=request.payload.data.get("nonce"),
             ),
         )
 
@@ -134,11 +138,13 @@ class AuthorizationCodeGrant(TokenGrant, grants.AuthorizationCodeGrant):
     def authenticate_user(self, authorization_code: CodeRecord):
         return self.server.accounts.get(authorization_code.username)
 
+    @hooked  # identity.OpenIDCode adds the ID token to the answer
     def create_token_response(self):
         code: CodeRecord = self.request.authorization_code
         account = self.authenticate_user(code)
         if account is None:
             raise InvalidGrantError("the user of this code no longer exists")
+        self.request.user = account
         resource = self.bound_resource(code.resource)
         family = TokenFamily(self.client.client_id, account.username, code.scope, resource)
         body, issued = self.server.minter.mint(
@@ -194,8 +200,9 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
         resource = self.bound_resource(old.resource)
         # The scope may narrow, never widen (checked by Authlib against the refresh token's
         # scope); the user's current allowance in users.yaml applies at every refresh
-        # (offline_access is no account's to lose: it is the refresh itself).
-        allowed = account.scopes | {OFFLINE_ACCESS}
+        # (offline_access is no account's to lose: it is the refresh itself; nor are the
+        # identity scopes, scope_policy.py).
+        allowed = account.scopes | {OFFLINE_ACCESS} | IDENTITY_SCOPES
         scope = scope_str(scope_set(self.request.payload.scope or old.scope) & allowed)
         family = TokenFamily(
             self.client.client_id, account.username, scope, resource, family_id=old.family_id

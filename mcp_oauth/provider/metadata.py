@@ -11,6 +11,7 @@ from mcp.client.auth.utils import build_oauth_authorization_server_metadata_disc
 from starlette.routing import BaseRoute, Route
 
 from mcp_oauth.provider.authorization_server import AuthorizationServer
+from mcp_oauth.provider.identity import ID_TOKEN_ALG, supported_claims
 
 # Authlib's name of each endpoint, and the RFC 8414 key (and route name) that gives its URL.
 ENDPOINT_KEYS = {
@@ -51,8 +52,25 @@ def endpoint_urls(server: AuthorizationServer, routes: list[BaseRoute]) -> dict[
     return urls
 
 
+def openid_metadata(server: AuthorizationServer) -> dict:
+    """OpenID Connect Discovery 1.0 §3, beyond RFC 8414's fields, when the server issues ID
+    tokens: pairwise subjects, request objects and request_uri (whose default is true) are not
+    supported, so it says so."""
+    if not server.issues_id_tokens:
+        return {}
+    return {
+        "subject_types_supported": ["public"],  # sub is the username (identity.py)
+        "id_token_signing_alg_values_supported": [ID_TOKEN_ALG],
+        "claims_supported": supported_claims(),
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+    }
+
+
 def server_metadata(server: AuthorizationServer, routes: list[BaseRoute]) -> dict:
-    """RFC 8414 §2 metadata; also served as OpenID discovery."""
+    """RFC 8414 §2 metadata; the same document is OpenID Connect discovery (§3), served at
+    both well-known URLs."""
     grants = server.grants
     endpoint_auth = {
         endpoint.ENDPOINT_NAME: getattr(endpoint, "CLIENT_AUTH_METHODS", None)
@@ -84,6 +102,7 @@ def server_metadata(server: AuthorizationServer, routes: list[BaseRoute]) -> dic
         "resource_indicators_supported": True,  # RFC 8707, see checks.requested_resource
         "client_id_metadata_document_supported": True,  # see client_documents.py
         "access_token_format": server.minter.access_token_format,
+        **openid_metadata(server),
     }
 
 

@@ -3,6 +3,9 @@ unknown user as for a wrong password, so the login form does not reveal which ac
 
 from __future__ import annotations
 
+import getpass
+import sys
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -21,3 +24,11 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
+
+
+def print_password_hash() -> None:
+    """`oauth_provider.py hash-password`: ask twice, print the hash to paste into users.yaml."""
+    password = getpass.getpass("New password: ")
+    if password != getpass.getpass("Again: "):
+        sys.exit("error: the two passwords differ; nothing printed")
+    print(hash_password(password))

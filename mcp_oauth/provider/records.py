@@ -112,6 +112,7 @@ class CodeRecord(AuthorizationCodeMixin):
     code_challenge_method: str
     auth_time: int
     expires_at: int
+    nonce: str | None = None  # OpenID Connect: echoed in the ID token (identity.py)
 
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
@@ -121,6 +122,15 @@ class CodeRecord(AuthorizationCodeMixin):
 
     def get_auth_time(self) -> int:
         return self.auth_time
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_acr(self) -> None:
+        return None
+
+    def get_amr(self) -> None:
+        return None
 
     def is_expired(self) -> bool:
         return self.expires_at <= time.time()

@@ -8,7 +8,10 @@ scope of their first challenge and ask for more later (step-up), so that scope i
 default for a request that names none (RFC 6749 §3.3).
 
 `offline_access` (SEP-2207) asks for a refresh token: it belongs to no resource and no
-account; a client registered for the refresh_token grant gets it, with consent.
+account; a client registered for the refresh_token grant gets it, with consent. The OpenID
+Connect identity scopes (`openid`, `profile`, `email`, identity.py) release claims about the
+person, not access to a resource: they too belong to no resource and no account allowance,
+only an operator's client is capped by its configured scope.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mcp_oauth.common.scopes import scope_set
+from mcp_oauth.provider.identity import IDENTITY_SCOPES
 from mcp_oauth.provider.records import ClientRecord
 from mcp_oauth.provider.users_file import Account, Resource
 
@@ -35,7 +39,8 @@ class ScopeDecision:
 
     @property
     def grantable(self) -> bool:
-        """Something to grant besides offline_access, which alone gives access to nothing."""
+        """Something to grant besides offline_access, which alone gives access to nothing
+        (an identity scope alone is something: the sign-in of an OpenID client)."""
         return bool(self.granted - {OFFLINE_ACCESS})
 
     def explanation(self) -> str:
@@ -66,6 +71,9 @@ def decide_scopes(
     for scope in requested:
         if scope == OFFLINE_ACCESS:
             reasons = () if client.check_grant_type("refresh_token") else (BY_NO_REFRESH_GRANT,)
+        elif scope in IDENTITY_SCOPES:
+            excluded = ceiling is not None and scope not in ceiling
+            reasons = (BY_CLIENT_CONFIGURATION,) if excluded else ()
         else:
             reasons = tuple(
                 reason

@@ -1,5 +1,6 @@
-"""users.yaml: the accounts (argon2 hashes and the scopes each may receive), the
-pre-registered clients and the resources (RFC 8707) the provider issues tokens for."""
+"""users.yaml: the accounts (argon2 hashes, the scopes each may receive, and the optional
+profile claims name, email and email_verified), the pre-registered clients and the resources
+(RFC 8707) the provider issues tokens for."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class Account:
     password_hash: str
     scopes: frozenset[str]
     name: str
+    # Optional profile claims released to OpenID clients (identity.py, OIDC Core §5.1).
+    email: str | None = None
+    email_verified: bool = False
 
 
 STARTED_RESOURCES = "OAUTH_RESOURCES"  # in `exchange.serves`: the resources added at start
@@ -153,6 +157,8 @@ def load_users_file(path: Path, extra_resources: list[str] = (), issuer: str = "
                 password_hash=entry["password_hash"],
                 scopes=scopes[name],
                 name=entry.get("name", name),
+                email=entry.get("email"),
+                email_verified=entry.get("email_verified") is True,
             )
             for name, entry in raw["users"].items()
         }

@@ -45,6 +45,15 @@ class CodeStore:
             return None
         return record_from_row(CodeRecord, row), row.used_at is not None
 
+    def nonce_used(self, client_id: str, nonce: str) -> bool:
+        """Whether this client already sent this OpenID Connect nonce with a code (OIDC Core
+        §15.5.2: a nonce is used once)."""
+        query = select(authorization_codes.c.code_hash).where(
+            authorization_codes.c.client_id == client_id, authorization_codes.c.nonce == nonce
+        )
+        with self.db.engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def redeem(self, code: CodeRecord, family: TokenFamily, issued: list[IssuedToken]) -> bool:
         """Mark the code used and store its tokens, atomically; False if it was used already."""
         with self.db.write() as conn:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import Table, insert, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -44,6 +44,17 @@ def columns_from_record(record: Any, **columns: str) -> dict[str, Any]:
     return {columns.get(name, name): value for name, value in dataclasses.asdict(record).items()}
 
 
+def add_missing_columns(conn: Connection) -> None:
+    """A database made by an older version lacks the nullable columns added since (create_all
+    makes only missing tables): add them, empty."""
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
 class Database:
     """The engine, its write transactions and the tables, created once."""
 
@@ -59,6 +70,7 @@ class Database:
                 # (On SQLite the write transaction itself serializes them.)
                 conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
             metadata.create_all(conn)
+            add_missing_columns(conn)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

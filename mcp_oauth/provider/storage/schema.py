@@ -35,6 +35,7 @@ authorization_codes = Table(
     Column("expires_at", Integer, nullable=False),
     Column("used_at", Integer),
     Column("grant_id", String(36)),  # the token family the code was redeemed for
+    Column("nonce", Text),  # OpenID Connect; added to older databases at start (database.py)
 )
 
 # One row per token family: every token issued from one code, one device approval, one

@@ -37,7 +37,15 @@ class SessionStore:
 
     def username(self, session_id: str) -> str | None:
         """Who this live session belongs to; None once it ended or expired."""
-        query = select(sessions.c.username).where(
+        return self._live(sessions.c.username, session_id)
+
+    def started_at(self, session_id: str) -> int | None:
+        """When the person signed in to this live session (OpenID Connect `auth_time`)."""
+        return self._live(sessions.c.created_at, session_id)
+
+    def _live(self, column, session_id: str):
+        """`column` of this session while it lives; None once it ended or expired."""
+        query = select(column).where(
             sessions.c.session_hash == secret_hash(session_id), sessions.c.expires_at > now()
         )
         with self.db.engine.connect() as conn:

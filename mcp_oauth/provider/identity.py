@@ -1,0 +1,96 @@
+"""OpenID Connect Core 1.0 for the authorization code flow: the identity scopes, the claims
+each releases, and Authlib's OpenIDCode extension bound to the provider's signing key.
+
+`openid`, `profile` and `email` are identity scopes (OIDC Core §5.4): they release claims
+about the person signing in, not access to a resource, so (like `offline_access`) they belong
+to no resource and no account allowance in users.yaml; the person grants them on the
+consent page (scope_policy.py). The subject identifier is the username: stable per user and
+the same `sub` the access tokens carry (OIDC Core §8, public subject type).
+"""
+
+from __future__ import annotations
+
+import time
+
+from authlib.oauth2.rfc6749 import scope_to_list
+from authlib.oidc.core import UserInfo
+from authlib.oidc.core.grants import OpenIDCode as AuthlibOpenIDCode
+
+from mcp_oauth.provider.users_file import Account
+
+OPENID = "openid"
+# OIDC Core §5.4: the claims each identity scope releases (those users.yaml can hold).
+SCOPE_CLAIMS = {
+    OPENID: ("sub",),
+    "profile": ("name", "preferred_username"),
+    "email": ("email", "email_verified"),
+}
+IDENTITY_SCOPES = frozenset(SCOPE_CLAIMS)
+ID_TOKEN_ALG = "RS256"
+ID_TOKEN_LIFETIME = 3600
+
+
+def supported_claims() -> list[str]:
+    """Every claim an ID token or UserInfo may carry (Discovery §3 claims_supported)."""
+    registered = ("iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash")
+    return list(dict.fromkeys([*registered, *(c for cs in SCOPE_CLAIMS.values() for c in cs)]))
+
+
+def user_claims(account: Account, scope: str) -> UserInfo:
+    """OIDC Core §5.4: `sub`, and the claims of each identity scope in `scope` that the
+    account has (an absent profile claim is left out, never sent empty)."""
+    values = {
+        "sub": account.username,
+        "name": account.name,
+        "preferred_username": account.username,
+        "email": account.email,
+        "email_verified": account.email_verified if account.email else None,
+    }
+    granted = set(scope_to_list(scope) or [])
+    return UserInfo(
+        {
+            claim: values[claim]
+            for name, claims in SCOPE_CLAIMS.items()
+            if name in granted
+            for claim in claims
+            if values[claim] is not None
+        }
+    )
+
+
+class OpenIDCode(AuthlibOpenIDCode):
+    """Authlib's OpenID Connect extension of the authorization code grant: an ID token
+    (signed RS256 with the provider's key, `kid` in its header) beside the access token
+    whenever the code was granted `openid`, with the code's `nonce` and `auth_time` and the
+    access token's `at_hash` (OIDC Core §3.1.3.6). A `nonce` is required in every openid
+    request and may be used once per client (§3.1.2.1, §15.5.2)."""
+
+    def __init__(self, issuer_url: str, minter, codes):
+        super().__init__(require_nonce=True)
+        self.issuer_url = issuer_url
+        self.minter = minter
+        self.codes = codes
+
+    def resolve_client_private_key(self, client):
+        return self.minter.signing_key
+
+    def get_client_algorithm(self, client) -> str:
+        return ID_TOKEN_ALG
+
+    def get_encode_header(self, client) -> dict:
+        return {"alg": ID_TOKEN_ALG, "kid": self.minter.signing_key.kid}
+
+    def get_client_claims(self, client) -> dict:
+        """OIDC Core §2: the issuer, the client as the only audience (so no `azp` is
+        required) and the lifetime."""
+        return {
+            "iss": self.issuer_url,
+            "aud": [client.get_client_id()],
+            "exp": int(time.time()) + ID_TOKEN_LIFETIME,
+        }
+
+    def exists_nonce(self, nonce: str, request) -> bool:
+        return self.codes.nonce_used(request.payload.client_id, nonce)
+
+    def generate_user_info(self, user: Account, scope: str) -> UserInfo:
+        return user_claims(user, scope)

@@ -1,0 +1,167 @@
+"""OpenID Connect Core for the authorization code flow (identity.py): ID tokens signed with the
+provider's key, `nonce` required and echoed once, `auth_time` the sign-in, `at_hash`, profile
+claims by scope; clients that never ask for `openid` get exactly what they got before."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from tests.oauth_helpers import REDIRECT_URI, Browser, auth_params, redeem, redirect_query
+
+IDENTITY = "openid profile email"
+
+
+def register(provider, grant_types=("authorization_code", "refresh_token")) -> str:
+    """A public client that registered itself (an OpenID relying party)."""
+    response = httpx.post(
+        f"{provider.url}/register",
+        json={
+            "redirect_uris": [REDIRECT_URI],
+            "token_endpoint_auth_method": "none",
+            "grant_types": list(grant_types),
+            "scope": IDENTITY,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["client_id"]
+
+
+@pytest.fixture(scope="module")
+def rp(provider) -> str:
+    return register(provider)
+
+
+def sign_in_tokens(provider, browser: Browser, client_id: str, **extra) -> tuple[dict, dict]:
+    """The token response and the authorization request of one sign-in."""
+    params, verifier = auth_params(client_id=client_id, **extra)
+    query = redirect_query(browser.authorize(**params))
+    assert "code" in query, query
+    response = redeem(provider.url, query["code"], verifier, client_id=client_id)
+    assert response.status_code == 200, response.text
+    return response.json(), params
+
+
+def id_token_claims(provider, id_token: str) -> tuple[dict, dict]:
+    keys = KeySet.import_key_set(httpx.get(f"{provider.url}/jwks.json").json())
+    token = jwt.decode(id_token, keys, algorithms=["RS256"])
+    return token.header, token.claims
+
+
+def half_hash(value: str) -> str:
+    digest = hashlib.sha256(value.encode()).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def test_an_openid_sign_in_returns_a_signed_id_token_with_the_nonce_and_claims(provider, rp):
+    signed_in_before = int(time.time())
+    browser = Browser(provider.url, "alice", "password123")
+    body, params = sign_in_tokens(provider, browser, rp, scope=IDENTITY, nonce="n-0S6_WzA2Mj")
+    header, claims = id_token_claims(provider, body["id_token"])
+    assert header["alg"] == "RS256" and header["kid"]
+    assert claims["iss"] == provider.url
+    assert claims["aud"] == [rp]
+    assert claims["sub"] == "alice"
+    assert claims["nonce"] == "n-0S6_WzA2Mj"
+    assert claims["at_hash"] == half_hash(body["access_token"])
+    assert signed_in_before <= claims["auth_time"] <= claims["iat"] < claims["exp"]
+    assert claims["name"] == "Alice" and claims["preferred_username"] == "alice"
+    assert claims["email"] == "alice@example.com" and claims["email_verified"] is True
+    assert set(body["scope"].split()) == set(IDENTITY.split())
+
+
+def test_auth_time_is_the_sign_in_not_the_code(provider, rp, alice):
+    """A second sign-in in the same session carries the first one's auth_time."""
+    first, _ = sign_in_tokens(provider, alice, rp, scope="openid", nonce="auth-time-1")
+    second, _ = sign_in_tokens(provider, alice, rp, scope="openid", nonce="auth-time-2")
+    assert (
+        id_token_claims(provider, first["id_token"])[1]["auth_time"]
+        == id_token_claims(provider, second["id_token"])[1]["auth_time"]
+    )
+
+
+def test_the_subject_is_stable_per_user(provider, rp, alice, bob):
+    one, _ = sign_in_tokens(provider, alice, rp, scope="openid", nonce="stable-1")
+    two, _ = sign_in_tokens(provider, alice, rp, scope="openid", nonce="stable-2")
+    other, _ = sign_in_tokens(provider, bob, rp, scope="openid", nonce="stable-3")
+    subjects = [id_token_claims(provider, b["id_token"])[1]["sub"] for b in (one, two, other)]
+    assert subjects == ["alice", "alice", "bob"]
+
+
+def test_claims_follow_the_scopes_granted(provider, rp, alice):
+    """openid alone: `sub` and no profile or email claim (OIDC Core §5.4)."""
+    body, _ = sign_in_tokens(provider, alice, rp, scope="openid", nonce="only-openid")
+    claims = id_token_claims(provider, body["id_token"])[1]
+    assert claims["sub"] == "alice"
+    assert not {"name", "email", "email_verified", "preferred_username"} & claims.keys()
+
+
+def test_an_openid_request_without_a_nonce_is_refused(provider, rp, alice):
+    params, _ = auth_params(client_id=rp, scope=IDENTITY)
+    query = redirect_query(alice.authorize(**params))
+    assert query["error"] == "invalid_request" and "code" not in query
+    assert query["state"] == params["state"] and query["iss"] == provider.url
+
+
+def test_a_replayed_nonce_is_refused(provider, rp, alice):
+    sign_in_tokens(provider, alice, rp, scope="openid", nonce="used-once")
+    params, _ = auth_params(client_id=rp, scope="openid", nonce="used-once")
+    query = redirect_query(alice.authorize(**params))
+    assert query["error"] == "invalid_request" and "code" not in query
+
+
+def test_without_openid_there_is_no_id_token_and_no_nonce_is_needed(provider, alice):
+    """An MCP client that never asks for `openid` gets exactly the answer it got before."""
+    body, _ = sign_in_tokens(
+        provider, alice, "mcp-client", scope="read", resource=provider.resource
+    )
+    assert "id_token" not in body and body["scope"] == "read"
+
+
+def test_identity_scopes_are_not_resource_scopes(provider, rp, alice):
+    """openid with a resource: the identity scopes are granted beside the resource's own, and
+    a scope the resource accepts still follows the account's allowance."""
+    body, _ = sign_in_tokens(
+        provider,
+        alice,
+        rp,
+        scope="openid email read admin",
+        nonce="with-resource",
+        resource=provider.resource,
+    )
+    assert set(body["scope"].split()) == {"openid", "email", "read"}
+    assert "id_token" in body
+
+
+def test_an_operators_client_gets_identity_scopes_only_when_configured(provider, alice):
+    """mcp-client is configured in users.yaml for `read write admin`: openid is left out, so
+    no ID token, and the rest is granted as before."""
+    body, _ = sign_in_tokens(
+        provider,
+        alice,
+        "mcp-client",
+        scope="openid read",
+        nonce="capped",
+        resource=provider.resource,
+    )
+    assert body["scope"] == "read" and "id_token" not in body
+
+
+def test_refresh_keeps_the_identity_scopes(provider, rp, alice):
+    body, _ = sign_in_tokens(provider, alice, rp, scope=IDENTITY, nonce="refresh-1")
+    refreshed = httpx.post(
+        f"{provider.url}/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "client_id": rp,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    assert set(refreshed.json()["scope"].split()) == set(IDENTITY.split())
