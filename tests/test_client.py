@@ -643,20 +643,23 @@ def test_a_resource_moved_to_another_provider_gets_none_of_the_old_credentials(t
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
     old = start_stack(tmp_path / "a")
-    user = User(tmp_path / "home", old.mcp_url)
-    assert user.run(*headless("alice"), "whoami").returncode == 0
-    old_client_id = json.loads(user.cache("alice").read_text())["client"]["client_id"]
-    old.processes[1].stop()  # the MCP server moves; provider A stays up
-    rs_port = int(urlsplit(old.mcp_url).port)
-    new_provider = start_provider(
-        tmp_path / "b", env={"MCP_RS_CLIENT_SECRET": RS_SECRET}, resource=old.mcp_url
-    )
-    moved = start_resource_server(
-        tmp_path / "b",
-        rs_port,
-        {"OAUTH_PROVIDER_URL": new_provider.url, "MCP_RS_CLIENT_SECRET": RS_SECRET},
-    )
+    running = list(old.processes)
     try:
+        user = User(tmp_path / "home", old.mcp_url)
+        assert user.run(*headless("alice"), "whoami").returncode == 0
+        old_client_id = json.loads(user.cache("alice").read_text())["client"]["client_id"]
+        old.processes[1].stop()  # the MCP server moves; provider A stays up
+        new_provider = start_provider(
+            tmp_path / "b", env={"MCP_RS_CLIENT_SECRET": RS_SECRET}, resource=old.mcp_url
+        )
+        running.append(new_provider.process)
+        running.append(
+            start_resource_server(
+                tmp_path / "b",
+                int(urlsplit(old.mcp_url).port),
+                {"OAUTH_PROVIDER_URL": new_provider.url, "MCP_RS_CLIENT_SECRET": RS_SECRET},
+            )
+        )
         result = user.run(*headless("alice"), "--trace", "whoami")
         assert result.returncode == 0, result.stderr
         assert "│ alice" in result.stdout
@@ -669,9 +672,8 @@ def test_a_resource_moved_to_another_provider_gets_none_of_the_old_credentials(t
         saved = json.loads(user.cache("alice").read_text())
         assert saved["client"]["client_id"] != old_client_id
     finally:
-        moved.stop()
-        new_provider.process.stop()
-        old.processes[0].stop()
+        for process in reversed(running):
+            process.stop()
 
 
 def test_authorization_response_from_another_issuer_is_refused(stack):
