@@ -64,7 +64,7 @@ from mcp_oauth.provider.storage.janitor import Janitor, Retention
 from mcp_oauth.provider.storage.sessions import SESSION_LIFETIME
 from mcp_oauth.provider.storage.store import Store
 from mcp_oauth.provider.token_minter import TokenLifetimes, TokenMinter
-from mcp_oauth.provider.userinfo import Userinfo
+from mcp_oauth.provider.userinfo import PROFILE_API_PATH, ProfileApi, UserInfoEndpoint
 from mcp_oauth.provider.users_file import Resource, UsersFile, UsersFileError, load_users_file
 
 log = logging.getLogger("oauth_provider")
@@ -179,13 +179,11 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_users(settings: argparse.Namespace) -> UsersFile:
-    """Accounts, clients and resources; the provider's own /userinfo is a resource too: the
+    """Accounts, clients and resources; the provider's own /api/profile is a resource too: the
     downstream API the resource server calls on behalf of a user (RFC 8693 token exchange)."""
     users = load_users_file(settings.users, settings.resource, settings.issuer)
-    userinfo_url = f"{settings.issuer}/userinfo"
-    users.resources[userinfo_url] = Resource(
-        userinfo_url, "Profile API (userinfo)", frozenset({"read"})
-    )
+    profile_url = f"{settings.issuer}{PROFILE_API_PATH}"
+    users.resources[profile_url] = Resource(profile_url, "Profile API", frozenset({"read"}))
     return users
 
 
@@ -263,7 +261,10 @@ def authorization_server(
 def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[BaseRoute]:
     sign_in = SignIn(server.accounts, server.store.login_throttle, server.store.sessions)
     admin = AdminApi(server)
-    userinfo = Userinfo(f"{server.issuer_url}/userinfo", server.store.tokens, server.accounts)
+    userinfo = UserInfoEndpoint(server.store.tokens, server.accounts)
+    profile = ProfileApi(
+        f"{server.issuer_url}{PROFILE_API_PATH}", server.store.tokens, server.accounts
+    )
     events = EventStream(server)
 
     async def metadata(request: Request) -> Response:
@@ -276,6 +277,7 @@ def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[Ba
         *(Route(path, metadata) for path in well_known_paths(server.issuer_url)),
         Route("/jwks.json", jwks, name="jwks_uri"),
         Route("/userinfo", userinfo.serve, methods=["GET", "POST"], name="userinfo_endpoint"),
+        Route(PROFILE_API_PATH, profile.serve, methods=["GET", "POST"]),
         Route(
             "/authorize",
             AuthorizePage(server).serve,

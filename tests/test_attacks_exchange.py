@@ -18,8 +18,8 @@ from tests.oauth_helpers import CLIENT_ID, Browser, code_for, redeem
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"
 DOWNSTREAM = "https://downstream.example/api"
-# Two more exchanging clients for the chain tests: both serve /userinfo (so a token exchanged
-# for /userinfo is "for" them) and may ask for DOWNSTREAM; only the second accepts exchanged
+# Two more exchanging clients for the chain tests: both serve /api/profile (so a token exchanged
+# for /api/profile is "for" them) and may ask for DOWNSTREAM; only the second accepts exchanged
 # tokens.
 HOP_STRICT = ("hop-strict", "hop-strict-secret-0123456789abcdef")
 HOP_CHAIN = ("hop-chain", "hop-chain-secret-0123456789abcdef0")
@@ -37,7 +37,7 @@ def users_file(path: Path) -> Path:
                 "grant_types": [EXCHANGE],
                 "scope": "read",
                 "exchange": {
-                    "serves": ["/userinfo"],
+                    "serves": ["/api/profile"],
                     "audiences": [DOWNSTREAM],
                     "accepts_exchanged_tokens": accepts,
                 },
@@ -83,7 +83,7 @@ def exchange(provider, subject: str, auth=RS_AUTH, target: str | None = None) ->
         "grant_type": EXCHANGE,
         "subject_token": subject,
         "subject_token_type": ACCESS,
-        "resource": target or f"{provider.url}/userinfo",
+        "resource": target or f"{provider.url}/api/profile",
     }
     return httpx.post(f"{provider.url}/token", data=data, auth=auth)
 
@@ -178,17 +178,17 @@ def test_admin_revoke_user_revokes_exchanged_tokens(provider):
 
 
 def test_a_token_issued_for_userinfo_cannot_be_laundered_into_an_mcp_token(provider):
-    """The review's attack: another client's /userinfo token, exchanged for the MCP server."""
-    userinfo_token = user_tokens(provider, resource=f"{provider.url}/userinfo")["access_token"]
-    answer = exchange(provider, userinfo_token, target=provider.resource)
+    """The review's attack: another client's /api/profile token, exchanged for the MCP server."""
+    profile_token = user_tokens(provider, resource=f"{provider.url}/api/profile")["access_token"]
+    answer = exchange(provider, profile_token, target=provider.resource)
     assert answer.status_code == 400
     assert answer.json()["error"] in ("invalid_grant", "invalid_target")
 
 
 def test_a_client_exchanges_only_tokens_issued_for_a_resource_it_serves(provider):
-    """The audience it may ask for (/userinfo) is allowed; the subject token is not its own."""
-    userinfo_token = user_tokens(provider, resource=f"{provider.url}/userinfo")["access_token"]
-    assert refused(exchange(provider, userinfo_token), "invalid_grant")
+    """The audience it may ask for (/api/profile) is allowed; the subject token is not its own."""
+    profile_token = user_tokens(provider, resource=f"{provider.url}/api/profile")["access_token"]
+    assert refused(exchange(provider, profile_token), "invalid_grant")
 
 
 def test_a_client_asks_only_for_the_audiences_users_yaml_lists(provider):

@@ -199,20 +199,24 @@ def test_loopback_redirect_uri_spelled_differently_beyond_the_port_is_refused(pr
 
 
 def test_userinfo_and_admin_answers_are_no_store(provider, alice):
+    """UserInfo (OIDC), the profile API (On-Behalf-Of downstream) and the admin API."""
     userinfo_url = f"{provider.url}/userinfo"
+    profile_url = f"{provider.url}/api/profile"
     token = tokens_for(provider.url, alice)["access_token"]
     answers = {
         "userinfo refused": HTTP.get(userinfo_url, headers={"authorization": f"Bearer {token}"}),
         "userinfo no token": HTTP.get(userinfo_url),
+        "profile refused": HTTP.get(profile_url, headers={"authorization": f"Bearer {token}"}),
+        "profile no token": HTTP.get(profile_url),
         "admin grants": HTTP.get(f"{provider.url}/admin/grants", auth=RS_AUTH),
         "admin unknown user": HTTP.post(
             f"{provider.url}/admin/revoke-user", data={"username": "nobody"}, auth=RS_AUTH
         ),
         "admin unauthenticated": HTTP.get(f"{provider.url}/admin/grants"),
     }
-    own = tokens_for(provider.url, alice, scope="read", resource=userinfo_url)["access_token"]
-    answers["userinfo"] = HTTP.get(userinfo_url, headers={"authorization": f"Bearer {own}"})
-    assert answers["userinfo"].status_code == 200, answers["userinfo"].text
+    own = tokens_for(provider.url, alice, scope="read", resource=profile_url)["access_token"]
+    answers["profile"] = HTTP.get(profile_url, headers={"authorization": f"Bearer {own}"})
+    assert answers["profile"].status_code == 200, answers["profile"].text
     assert answers["admin grants"].status_code == 200
     for name, answer in answers.items():
         assert answer.headers.get("cache-control") == "no-store", name

@@ -75,6 +75,8 @@ PROVIDER_ENDPOINTS = [
     ("POST", "/admin/revoke-user"),
     ("GET", "/userinfo"),
     ("POST", "/userinfo"),
+    ("GET", "/api/profile"),
+    ("POST", "/api/profile"),
     ("GET", "/.well-known/oauth-authorization-server"),
     ("GET", "/.well-known/openid-configuration"),
     ("GET", "/jwks.json"),
@@ -123,7 +125,7 @@ class Target:
     csrf: str = ""
     token: str = ""
     challenge: str = ""
-    userinfo_token: str = ""
+    profile_token: str = ""
 
 
 def text(alphabet, max_size: int = 40) -> st.SearchStrategy[str]:
@@ -220,7 +222,7 @@ TEMPLATES: dict[tuple[str, str], list[list[tuple[str, str]]]] = {
             ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
             ("subject_token", "{token}"),
             ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
-            ("audience", "{issuer}/userinfo"),
+            ("audience", "{issuer}/api/profile"),
             ("scope", "read"),
             (AUTH, RS_BASIC),
         ],
@@ -248,8 +250,10 @@ TEMPLATES: dict[tuple[str, str], list[list[tuple[str, str]]]] = {
     ],
     ("GET", "/admin/grants"): [[(AUTH, RS_BASIC)]],
     ("POST", "/admin/revoke-user"): [[("username", "bob"), (AUTH, RS_BASIC)]],
-    ("GET", "/userinfo"): [[(AUTH, "Bearer {userinfo_token}")], [(AUTH, "Bearer {token}")]],
-    ("POST", "/userinfo"): [[(AUTH, "Bearer {userinfo_token}")]],
+    ("GET", "/userinfo"): [[(AUTH, "Bearer {token}")]],
+    ("POST", "/userinfo"): [[(AUTH, "Bearer {token}")]],
+    ("GET", "/api/profile"): [[(AUTH, "Bearer {profile_token}")], [(AUTH, "Bearer {token}")]],
+    ("POST", "/api/profile"): [[(AUTH, "Bearer {profile_token}")]],
     ("POST", "/register"): [
         [
             ("redirect_uris", "http://127.0.0.1/callback"),
@@ -362,7 +366,7 @@ def fill(value: str, target: Target) -> str:
     for name, live in [
         ("csrf", target.csrf),
         ("token", target.token),
-        ("userinfo_token", target.userinfo_token),
+        ("profile_token", target.profile_token),
         ("challenge", target.challenge),
         ("issuer", target.url),
     ]:
@@ -407,7 +411,7 @@ def target(provider: Provider, http: httpx.Client) -> Target:
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
             "subject_token": token,
             "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            "audience": f"{provider.url}/userinfo",
+            "audience": f"{provider.url}/api/profile",
         },
         headers={"authorization": RS_BASIC},
     )

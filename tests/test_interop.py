@@ -10,7 +10,8 @@
   local, so the resource server gets that document's URL (OAUTH_METADATA_URL) beside the issuer
   (OAUTH_PROVIDER_URL), exactly as it would for a provider whose documents live elsewhere. A
   small downstream API (tests/peers/entra_downstream.py) accepts only tokens for its own app.
-* our own provider, for RFC 8693 token exchange through the resource server to its /userinfo.
+* our own provider, for RFC 8693 token exchange through the resource server to its
+  /api/profile.
 """
 
 from __future__ import annotations
@@ -275,6 +276,6 @@ def test_token_exchange_reaches_userinfo_as_alice_acted_on_by_the_server(
     assert profile["act"] == {"sub": "mcp-resource-server"}
     assert profile["scope"] == "read"
     # The downstream API refuses alice's MCP token itself: only the exchanged one works there.
-    refused = httpx.get(f"{issuer}/userinfo", headers={"Authorization": f"Bearer {alice}"})
+    refused = httpx.get(f"{issuer}/api/profile", headers={"Authorization": f"Bearer {alice}"})
     assert refused.status_code == 401
     assert rs.metrics()["on_behalf_of"]["exchanges"] == 1

@@ -165,3 +165,93 @@ def test_refresh_keeps_the_identity_scopes(provider, rp, alice):
     )
     assert refreshed.status_code == 200, refreshed.text
     assert set(refreshed.json()["scope"].split()) == set(IDENTITY.split())
+
+
+# -- discovery (OpenID Connect Discovery 1.0 §3) ----------------------------------------------
+
+
+def test_discovery_has_every_required_field_and_only_what_is_supported(provider):
+    document = httpx.get(f"{provider.url}/.well-known/openid-configuration").json()
+    for required in (
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "response_types_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ):
+        assert document[required], required
+    assert document["userinfo_endpoint"] == f"{provider.url}/userinfo"
+    assert document["subject_types_supported"] == ["public"]
+    assert document["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert document["response_types_supported"] == ["code"]
+    assert {"openid", "profile", "email"} <= set(document["scopes_supported"])
+    assert {"sub", "name", "email", "email_verified", "nonce"} <= set(document["claims_supported"])
+    # request_uri_parameter_supported defaults to true: it is not supported, so it says so
+    assert document["request_uri_parameter_supported"] is False
+    assert document["request_parameter_supported"] is False
+    assert httpx.get(f"{provider.url}/.well-known/oauth-authorization-server").json() == document
+    keys = httpx.get(document["jwks_uri"]).json()["keys"]
+    assert [key["alg"] for key in keys] == ["RS256"]
+
+
+# -- UserInfo (OIDC Core §5.3) ---------------------------------------------------------------
+
+
+def userinfo(provider, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(f"{provider.url}/userinfo", headers=headers)
+
+
+def test_userinfo_answers_the_claims_the_scopes_allow(provider, rp, alice):
+    full, _ = sign_in_tokens(provider, alice, rp, scope=IDENTITY, nonce="userinfo-1")
+    answer = userinfo(provider, full["access_token"])
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "sub": "alice",
+        "name": "Alice",
+        "preferred_username": "alice",
+        "email": "alice@example.com",
+        "email_verified": True,
+    }
+    assert answer.headers["cache-control"] == "no-store"
+    only_email, _ = sign_in_tokens(provider, alice, rp, scope="openid email", nonce="userinfo-2")
+    assert userinfo(provider, only_email["access_token"]).json() == {
+        "sub": "alice",
+        "email": "alice@example.com",
+        "email_verified": True,
+    }
+    assert userinfo(provider, full["access_token"]).json()["sub"] == "alice"
+
+
+def test_userinfo_refuses_a_token_without_openid(provider, rp, alice):
+    """RFC 6750 §3.1 insufficient_scope, naming the scope needed."""
+    body, _ = sign_in_tokens(provider, alice, rp, scope="email profile")
+    assert "id_token" not in body
+    answer = userinfo(provider, body["access_token"])
+    assert answer.status_code == 403 and answer.json()["error"] == "insufficient_scope"
+    assert 'scope="openid"' in answer.headers["www-authenticate"]
+
+
+def test_userinfo_refuses_a_token_for_another_audience(provider, rp, alice):
+    """A token bound to a resource (RFC 8707) is that resource's, even with openid in it."""
+    body, _ = sign_in_tokens(
+        provider, alice, rp, scope="openid read", nonce="aud-1", resource=provider.resource
+    )
+    answer = userinfo(provider, body["access_token"])
+    assert answer.status_code == 401 and answer.json()["error"] == "invalid_token"
+    mcp_token, _ = sign_in_tokens(provider, alice, "mcp-client", scope="read")
+    assert userinfo(provider, mcp_token["access_token"]).status_code == 403
+
+
+def test_userinfo_refuses_no_token_and_a_revoked_one(provider, rp, alice):
+    missing = userinfo(provider, None)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    body, _ = sign_in_tokens(provider, alice, rp, scope="openid", nonce="revoked-1")
+    revoked = httpx.post(
+        f"{provider.url}/revoke", data={"token": body["access_token"], "client_id": rp}
+    )
+    assert revoked.status_code == 200
+    answer = userinfo(provider, body["access_token"])
+    assert answer.status_code == 401 and answer.json()["error"] == "invalid_token"

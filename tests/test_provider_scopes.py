@@ -101,10 +101,10 @@ def test_bob_asking_write_is_told_it_is_his_account(provider, bob):
 
 
 def test_a_scope_the_resource_does_not_accept_is_named_as_the_resources(provider, alice):
-    """The provider's own /userinfo accepts only `read` (oauth_provider.load_users)."""
+    """The provider's own /api/profile accepts only `read` (oauth_provider.load_users)."""
     client_id = register(provider, "read")
     params, _ = auth_params(
-        scope="read write", client_id=client_id, resource=f"{provider.url}/userinfo"
+        scope="read write", client_id=client_id, resource=f"{provider.url}/api/profile"
     )
     consent = alice.authorize(decision=None, **params)
     assert offered(consent) == {"read"}

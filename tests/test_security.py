@@ -1119,6 +1119,8 @@ ENDPOINTS = [
     ("POST", "/logout", "csrf_token=x", "html"),
     ("POST", "/userinfo", "access_token=x", "json"),
     ("GET", "/userinfo", "access_token=x", "json"),
+    ("POST", "/api/profile", "access_token=x", "json"),
+    ("GET", "/api/profile", "access_token=x", "json"),
 ]
 ENDPOINT_IDS = [f"{method} {path}" for method, path, _, _ in ENDPOINTS]
 

@@ -1,4 +1,5 @@
-"""RFC 8693 token exchange (On-Behalf-Of) and the userinfo endpoint as the downstream API."""
+"""RFC 8693 token exchange (On-Behalf-Of) and the provider's profile API (/api/profile) as the
+downstream API."""
 
 from __future__ import annotations
 
@@ -31,18 +32,18 @@ def exchange(provider, subject_token: str, auth=RS_AUTH, **extra) -> httpx.Respo
         "grant_type": EXCHANGE,
         "subject_token": subject_token,
         "subject_token_type": ACCESS,
-        "resource": f"{provider.url}/userinfo",
+        "resource": f"{provider.url}/api/profile",
         **extra,
     }
     return httpx.post(f"{provider.url}/token", data=data, auth=auth)
 
 
-def userinfo(provider, token: str) -> httpx.Response:
-    return httpx.get(f"{provider.url}/userinfo", headers={"Authorization": f"Bearer {token}"})
+def profile_api(provider, token: str) -> httpx.Response:
+    return httpx.get(f"{provider.url}/api/profile", headers={"Authorization": f"Bearer {token}"})
 
 
 def test_downstream_api_refuses_the_mcp_token(provider, alice_mcp_token):
-    response = userinfo(provider, alice_mcp_token)
+    response = profile_api(provider, alice_mcp_token)
     assert response.status_code == 401
     assert "audience" in response.json()["error_description"]
     assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
@@ -60,8 +61,8 @@ def test_exchange_issues_a_downstream_token_for_the_user_acted_on_by_the_server(
         f"{provider.url}/introspect", data={"token": body["access_token"]}, auth=RS_AUTH
     ).json()
     assert info["sub"] == "alice" and info["act"] == {"sub": "mcp-resource-server"}
-    assert info["aud"] == f"{provider.url}/userinfo"
-    profile = userinfo(provider, body["access_token"])
+    assert info["aud"] == f"{provider.url}/api/profile"
+    profile = profile_api(provider, body["access_token"])
     assert profile.status_code == 200
     assert (
         profile.json()["username"] == "alice"

@@ -7,5 +7,7 @@
 - token_minter.py: tokens and their claims; hashed_secrets.py: random secrets and their hash
 - storage/: the schema and one store per concern; records.py: the rows Authlib works with
 - pages.py, sign_in.py, authorize_page.py, device_page.py, consent.py: what a person sees
-- userinfo.py and admin_api.py: the provider's own APIs; users_file.py: users.yaml
+- identity.py: OpenID Connect (identity scopes, their claims, ID tokens via Authlib)
+- userinfo.py (OIDC UserInfo and the On-Behalf-Of profile API) and admin_api.py: the
+  provider's own APIs; users_file.py: users.yaml
 """

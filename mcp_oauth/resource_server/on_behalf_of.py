@@ -92,7 +92,7 @@ class OnBehalfOf:
     ):
         self.provider = provider
         self.url = url
-        """The API to call; None: the provider's own <issuer>/userinfo."""
+        """The API to call; None: the provider's own <issuer>/api/profile."""
         self.audience = audience
         """What to exchange for; None: the API's URL."""
         self.entra = entra
@@ -128,7 +128,7 @@ class OnBehalfOf:
                 raise DownstreamError(
                     f"The authorization server cannot be reached: {exc}"
                 ) from None
-            url = f"{issuer.rstrip('/')}/userinfo"
+            url = f"{issuer.rstrip('/')}/api/profile"
         return url, self.audience or url
 
     async def _exchange(self, key: bytes, token: str, audience: str) -> str:

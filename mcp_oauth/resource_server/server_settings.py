@@ -36,7 +36,7 @@ environment:
                                  not set: the local provider's development default
                                  {DEV_CLIENT_SECRET!r}, with a warning
   MCP_DOWNSTREAM_URL             the API get_downstream_profile calls on the user's behalf
-                                 (default: the provider's <issuer>/userinfo; needed with Entra)
+                                 (default: the provider's <issuer>/api/profile; needed with Entra)
   MCP_DOWNSTREAM_RESOURCE        the audience to exchange the user's token for: a resource URI
                                  or a logical name such as a Keycloak client id; with Entra the
                                  downstream API's app ID URI (default MCP_DOWNSTREAM_URL)
