@@ -255,3 +255,69 @@ def test_userinfo_refuses_no_token_and_a_revoked_one(provider, rp, alice):
     assert revoked.status_code == 200
     answer = userinfo(provider, body["access_token"])
     assert answer.status_code == 401 and answer.json()["error"] == "invalid_token"
+
+
+# -- prompt and max_age (OIDC Core §3.1.2.1) -------------------------------------------------
+
+
+def is_login_page(response: httpx.Response) -> bool:
+    return response.status_code == 200 and 'action="/login"' in response.text
+
+
+def sign_in_again(browser: Browser, login_page: httpx.Response, password: str) -> httpx.Response:
+    """Answer the login page; the browser lands where it points next."""
+    fields = browser.form_fields(login_page)
+    fields.update(username="alice", password=password)
+    return browser.http.post("/login", data=fields, follow_redirects=True)
+
+
+def test_prompt_none_without_a_session_is_login_required(provider, rp):
+    params, _ = auth_params(client_id=rp, scope="openid", nonce="prompt-none-1", prompt="none")
+    query = redirect_query(Browser(provider.url).http.get("/authorize", params=params))
+    assert query["error"] == "login_required" and query["state"] == params["state"]
+
+
+def test_prompt_none_with_a_session_is_consent_required(provider, rp, alice):
+    """Consent is always asked here, so a request that allows no page cannot be answered."""
+    params, _ = auth_params(client_id=rp, scope="openid", nonce="prompt-none-2", prompt="none")
+    query = redirect_query(alice.http.get("/authorize", params=params))
+    assert query["error"] == "consent_required" and "code" not in query
+
+
+def test_prompt_login_asks_a_signed_in_person_to_sign_in_again(provider, rp):
+    browser = Browser(provider.url, "alice", "password123")
+    first, _ = sign_in_tokens(provider, browser, rp, scope="openid", nonce="prompt-login-1")
+    first_sign_in = id_token_claims(provider, first["id_token"])[1]["auth_time"]
+    params, verifier = auth_params(
+        client_id=rp, scope="openid", nonce="prompt-login-2", prompt="login"
+    )
+    page = browser.http.get("/authorize", params=params)
+    assert is_login_page(page)
+    consent = sign_in_again(browser, page, "password123")
+    fields = browser.form_fields(consent)
+    assert "prompt" not in fields and fields["nonce"] == "prompt-login-2"
+    fields["decision"] = "approve"
+    query = redirect_query(browser.http.post("/authorize", data=fields))
+    body = redeem(provider.url, query["code"], verifier, client_id=rp).json()
+    assert id_token_claims(provider, body["id_token"])[1]["auth_time"] >= first_sign_in
+
+
+def test_max_age_forces_a_fresh_sign_in_once_the_session_is_older(provider, rp):
+    browser = Browser(provider.url, "alice", "password123")
+    recent, _ = auth_params(client_id=rp, scope="openid", nonce="max-age-1", max_age="3600")
+    assert not is_login_page(browser.http.get("/authorize", params=recent))
+    params, _ = auth_params(client_id=rp, scope="openid", nonce="max-age-2", max_age="0")
+    deadline = time.monotonic() + 5  # max_age 0: stale from the next second on
+    page = browser.http.get("/authorize", params=params)
+    while not is_login_page(page) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        page = browser.http.get("/authorize", params=params)
+    assert is_login_page(page)
+    consent = sign_in_again(browser, page, "password123")
+    assert "max_age" not in browser.form_fields(consent)
+
+
+def test_a_malformed_max_age_is_invalid_request(provider, rp, alice):
+    params, _ = auth_params(client_id=rp, scope="openid", nonce="max-age-3", max_age="soon")
+    query = redirect_query(alice.http.get("/authorize", params=params))
+    assert query["error"] == "invalid_request"

@@ -108,6 +108,13 @@ def test_openid_client_signs_in_validates_the_id_token_and_reads_userinfo(
     assert result["refreshed"]["access_token"] is True
 
 
+def test_openid_client_checks_auth_time_against_max_age(provider, rp_client, alice):
+    """With max_age, openid-client requires auth_time and checks the sign-in is recent enough."""
+    result = sign_in(provider, alice, rp_client, max_age=3600, userinfo=False, refresh=False)
+    assert "error" not in result, result
+    assert result["id_token_claims"]["auth_time"] <= result["id_token_claims"]["iat"]
+
+
 def test_a_request_without_a_nonce_is_refused(provider, rp_client, alice):
     """openid-client sends no nonce; the provider answers invalid_request to the client."""
     result = sign_in(provider, alice, rp_client, nonce=False)

@@ -4,6 +4,7 @@ consent page, and the decision goes back to the client's redirect URI with `iss`
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
@@ -18,6 +19,7 @@ from mcp_oauth.provider.authorization_server import (
 )
 from mcp_oauth.provider.client_checks import may_redirect_error
 from mcp_oauth.provider.consent import consent_page
+from mcp_oauth.provider.identity import FRESH_SIGN_IN_PARAMETERS, sign_in_demand
 from mcp_oauth.provider.pages import (
     csrf_ok,
     expired_form_page,
@@ -79,6 +81,18 @@ class AuthorizePage:
         if account is None:
             target = f"/authorize?{request.url.query}"
             return login_page(request, target, client=grant.client)
+        signed_in_at = await run_in_threadpool(
+            self.server.store.sessions.started_at, request.session.get("sid", "")
+        )
+        demand = sign_in_demand(oauth_request.payload.data, signed_in_at, int(time.time()))
+        if isinstance(demand, OAuth2Error):
+            redirect = may_redirect_error(grant.client, demand.redirect_uri)
+            return self.oauth_error(request, demand, redirect=redirect)
+        if demand:  # a fresh sign-in, then the request again without what asked for it
+            kept = [
+                (k, v) for k, v in oauth_request.payload.items if k not in FRESH_SIGN_IN_PARAMETERS
+            ]
+            return login_page(request, "/authorize?" + urlencode(kept), client=grant.client)
         return consent_page(
             request,
             client=grant.client,

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import time
 
-from authlib.oauth2.rfc6749 import scope_to_list
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, scope_to_list
 from authlib.oidc.core import UserInfo
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from authlib.oidc.core.grants import OpenIDCode as AuthlibOpenIDCode
+from authlib.oidc.core.grants.util import is_openid_scope
 
 from mcp_oauth.provider.users_file import Account
 
@@ -58,6 +60,33 @@ def user_claims(account: Account, scope: str) -> UserInfo:
     )
 
 
+# What asks for a sign-in younger than the session's (left out of the sign-in's way back).
+FRESH_SIGN_IN_PARAMETERS = ("prompt", "max_age")
+
+
+def check_max_age(data: dict) -> None:
+    """OIDC Core §3.1.2.1: `max_age` is a number of seconds (a non-negative integer)."""
+    max_age = data.get("max_age")
+    if max_age is not None and not (max_age.isascii() and max_age.isdigit()):
+        raise InvalidRequestError("max_age must be a number of seconds")
+
+
+def sign_in_demand(data: dict, signed_in_at: int | None, now: int) -> OAuth2Error | bool | None:
+    """OIDC Core §3.1.2.1, for an openid request by a signed-in person: the error to answer
+    (`prompt=none`, which shows no page: login_required when the sign-in is older than
+    `max_age`, else consent_required, since consent is always asked here), True when a fresh
+    sign-in is needed (`prompt=login`, or a sign-in older than `max_age`), else None."""
+    if not is_openid_scope(data.get("scope")):
+        return None
+    prompts = (data.get("prompt") or "").split()
+    max_age = data.get("max_age")
+    too_old = max_age is not None and (signed_in_at or 0) + int(max_age) < now
+    if "none" in prompts:
+        error = LoginRequiredError if too_old else ConsentRequiredError
+        return error(redirect_uri=data.get("redirect_uri"), state=data.get("state"))
+    return True if too_old or "login" in prompts else None
+
+
 class OpenIDCode(AuthlibOpenIDCode):
     """Authlib's OpenID Connect extension of the authorization code grant: an ID token
     (signed RS256 with the provider's key, `kid` in its header) beside the access token
@@ -88,6 +117,10 @@ class OpenIDCode(AuthlibOpenIDCode):
             "aud": [client.get_client_id()],
             "exp": int(time.time()) + ID_TOKEN_LIFETIME,
         }
+
+    def validate_openid_authorization_request(self, grant, redirect_uri):
+        super().validate_openid_authorization_request(grant, redirect_uri)
+        check_max_age(grant.request.payload.data)
 
     def exists_nonce(self, nonce: str, request) -> bool:
         return self.codes.nonce_used(request.payload.client_id, nonce)

@@ -43,6 +43,7 @@ async function main() {
     code_challenge_method: 'S256',
     state,
     ...(nonce ? { nonce } : {}),
+    ...(settings.max_age !== undefined ? { max_age: String(settings.max_age) } : {}),
   };
   say({ authorize: client.buildAuthorizationUrl(config, parameters).href });
   const callback = (await lines.next()).value;
@@ -50,6 +51,7 @@ async function main() {
     pkceCodeVerifier: verifier,
     expectedState: state,
     expectedNonce: nonce,
+    maxAge: settings.max_age,  // openid-client then checks the ID token's auth_time
     idTokenExpected: settings.scope.split(' ').includes('openid'),
   });
   const claims = tokens.claims();
