@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import time
 
 import httpx
@@ -103,6 +104,14 @@ def test_claims_follow_the_scopes_granted(provider, rp, alice):
     claims = id_token_claims(provider, body["id_token"])[1]
     assert claims["sub"] == "alice"
     assert not {"name", "email", "email_verified", "preferred_username"} & claims.keys()
+
+
+def test_consent_lists_the_identity_claims_being_released(provider, rp, alice):
+    params, _ = auth_params(client_id=rp, scope=IDENTITY, nonce="consent-1")
+    page = html.unescape(alice.authorize(decision=None, **params).text)
+    assert 'sub = "alice"' in page
+    assert 'name = "Alice", preferred_username = "alice"' in page
+    assert 'email = "alice@example.com", email_verified = true' in page
 
 
 def test_an_openid_request_without_a_nonce_is_refused(provider, rp, alice):

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mcp_oauth.provider.http_hardening import page_policy, redirect_source
+from mcp_oauth.provider.identity import IDENTITY_SCOPES, released_claims
 from mcp_oauth.provider.pages import client_description, csrf_token, templates
 from mcp_oauth.provider.records import ClientRecord
 from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS, decide_scopes
@@ -21,6 +22,13 @@ SCOPE_DESCRIPTIONS = {
     OFFLINE_ACCESS: "keep this access while you are away: it can renew it without asking you "
     "again, until you revoke it or the renewal expires",
 }
+
+
+def describe(scope: str, account: Account) -> str:
+    """A scope in words; an identity scope names the claims it releases (OIDC Core §5.4)."""
+    if scope in IDENTITY_SCOPES:
+        return released_claims(scope, account)
+    return SCOPE_DESCRIPTIONS.get(scope, "")
 
 
 def consent_page(
@@ -54,7 +62,7 @@ def consent_page(
             "username": account.username,
             "redirect_host": urlsplit(redirect_uri).netloc,
             "resource": resource.uri if resource else None,
-            "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, "")) for s in sorted(decision.granted)]
+            "scopes": [(s, describe(s, account)) for s in sorted(decision.granted)]
             if decision.grantable
             else [],
             "unavailable": [

@@ -10,6 +10,7 @@ the same `sub` the access tokens carry (OIDC Core §8, public subject type).
 
 from __future__ import annotations
 
+import json
 import time
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, scope_to_list
@@ -36,6 +37,14 @@ def supported_claims() -> list[str]:
     """Every claim an ID token or UserInfo may carry (Discovery §3 claims_supported)."""
     registered = ("iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash")
     return list(dict.fromkeys([*registered, *(c for cs in SCOPE_CLAIMS.values() for c in cs)]))
+
+
+def released_claims(scope: str, account: Account) -> str:
+    """What granting an identity scope releases, with this account's values, as the consent
+    page lists it (the claims of SCOPE_CLAIMS)."""
+    claims = user_claims(account, scope)
+    shown = ", ".join(f"{claim} = {json.dumps(value)}" for claim, value in claims.items())
+    return f"receive these facts about you: {shown}" if shown else "receive nothing about you"
 
 
 def user_claims(account: Account, scope: str) -> UserInfo:
