@@ -333,3 +333,9 @@ def test_a_malformed_max_age_is_invalid_request(provider, rp, alice):
     params, _ = auth_params(client_id=rp, scope="openid", nonce="max-age-3", max_age="soon")
     query = redirect_query(alice.http.get("/authorize", params=params))
     assert query["error"] == "invalid_request"
+
+
+def test_login_hint_fills_in_the_username_of_the_sign_in_form(provider, rp):
+    params, _ = auth_params(client_id=rp, scope="openid", nonce="hint-1", login_hint="bob")
+    page = Browser(provider.url).http.get("/authorize", params=params)
+    assert is_login_page(page) and Browser(provider.url).form_fields(page)["username"] == "bob"

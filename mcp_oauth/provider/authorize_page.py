@@ -19,7 +19,7 @@ from mcp_oauth.provider.authorization_server import (
 )
 from mcp_oauth.provider.client_checks import may_redirect_error
 from mcp_oauth.provider.consent import consent_page
-from mcp_oauth.provider.identity import FRESH_SIGN_IN_PARAMETERS, sign_in_demand
+from mcp_oauth.provider.identity import FRESH_SIGN_IN_PARAMETERS, login_hint, sign_in_demand
 from mcp_oauth.provider.pages import (
     csrf_ok,
     expired_form_page,
@@ -80,7 +80,8 @@ class AuthorizePage:
             return problem
         if account is None:
             target = f"/authorize?{request.url.query}"
-            return login_page(request, target, client=grant.client)
+            hint = login_hint(oauth_request.payload.data)
+            return login_page(request, target, client=grant.client, username=hint)
         signed_in_at = await run_in_threadpool(
             self.server.store.sessions.started_at, request.session.get("sid", "")
         )

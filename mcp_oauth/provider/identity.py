@@ -80,6 +80,12 @@ def check_max_age(data: dict) -> None:
         raise InvalidRequestError("max_age must be a number of seconds")
 
 
+def login_hint(data: dict) -> str:
+    """OIDC Core §3.1.2.1: the username an openid request suggests for the sign-in form (a
+    suggestion only: the person may sign in as anyone)."""
+    return (data.get("login_hint") or "")[:200] if is_openid_scope(data.get("scope")) else ""
+
+
 def sign_in_demand(data: dict, signed_in_at: int | None, now: int) -> OAuth2Error | bool | None:
     """OIDC Core §3.1.2.1, for an openid request by a signed-in person: the error to answer
     (`prompt=none`, which shows no page: login_required when the sign-in is older than
