@@ -23,6 +23,7 @@ from tests.conftest import Provider, start_provider
 from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, Browser, auth_params, redirect_query
 from tests.test_security import (
     HTTP,
+    attempt_right_after_five_failures,
     database,
     device_approve,
     device_poll,
@@ -150,13 +151,22 @@ def test_device_code_started_on_one_replica_is_approved_and_redeemed_on_the_othe
 
 
 def test_login_throttling_is_shared_by_the_replicas(replicas):
-    with database(replicas.a) as conn:
-        conn.execute(delete(login_failures).where(login_failures.c.key == "user:bob"))
-    on_a = Browser(replicas.a.url)
-    for _ in range(5):
-        assert try_login(on_a, "bob", "wrong", fake_address()).status_code == 401
-    on_b = Browser(replicas.b.url)
-    assert try_login(on_b, "bob", "secret456", fake_address()).status_code == 429
+    def forget_bob() -> None:
+        with database(replicas.a) as conn:
+            conn.execute(delete(login_failures).where(login_failures.c.key == "user:bob"))
+
+    on_a, on_b = Browser(replicas.a.url), Browser(replicas.b.url)
+
+    def fail_five_times_on_a() -> None:
+        for _ in range(5):
+            assert try_login(on_a, "bob", "wrong", fake_address()).status_code == 401
+
+    answer = attempt_right_after_five_failures(
+        forget_bob,
+        fail_five_times_on_a,
+        lambda: try_login(on_b, "bob", "secret456", fake_address()),
+    )
+    assert answer.status_code == 429
 
 
 def race_on_both(replicas: Replicas, form: dict, count: int = 6) -> list[httpx.Response]:
