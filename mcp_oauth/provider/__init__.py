@@ -9,5 +9,5 @@
 - pages.py, sign_in.py, authorize_page.py, device_page.py, consent.py: what a person sees
 - identity.py: OpenID Connect (identity scopes, their claims, ID tokens via Authlib)
 - userinfo.py (OIDC UserInfo and the On-Behalf-Of profile API) and admin_api.py: the
-  provider's own APIs; users_file.py: users.yaml
+  provider's own APIs; users_file.py: users.yaml; settings.py: the flags and their env vars
 """
