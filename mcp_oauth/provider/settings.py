@@ -10,6 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
+from mcp_oauth.provider.passwords import Argon2Parameters, below_floor
+
 ROOT = Path(__file__).resolve().parents[2]
 """The repository: where users.yaml and data/ are by default."""
 
@@ -95,6 +97,23 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
             default=int(env(env_name, str(default))),
             help=f"{meaning} (env {env_name}; default {default})",
         )
+    defaults = Argon2Parameters()
+    for flag, env_name, default, meaning in [
+        ("--argon2-memory-kib", "OAUTH_ARGON2_MEMORY_KIB", defaults.memory_kib,
+         "argon2id memory per password hash, KiB (at least 19456)"),
+        ("--argon2-time-cost", "OAUTH_ARGON2_TIME_COST", defaults.time_cost,
+         "argon2id passes (at least 2)"),
+        ("--argon2-parallelism", "OAUTH_ARGON2_PARALLELISM", defaults.parallelism,
+         "argon2id lanes (at least 1)"),
+        ("--workers", "OAUTH_WORKERS", 1,
+         "worker processes sharing the port and the database (scale up before replicas)"),
+    ]:  # fmt: skip
+        parser.add_argument(
+            flag,
+            type=int,
+            default=int(env(env_name, str(default))),
+            help=f"{meaning} (env {env_name}; default {default})",
+        )
     parser.add_argument(
         "--cimd-allow-loopback",
         action="store_true",
@@ -108,6 +127,15 @@ def parse_settings(argv: list[str] | None = None) -> argparse.Namespace:
         help="debug, info, warning (env OAUTH_LOG_LEVEL; default info)",
     )
     settings = parser.parse_args(argv)
+    settings.argon2 = Argon2Parameters(
+        settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism
+    )
+    # Refused at start, in one line: a weaker hash than the floor is never made or timed.
+    reason = below_floor(settings.argon2)
+    if reason:
+        parser.exit(2, f"error: {reason}\n")
+    if settings.workers < 1:
+        parser.exit(2, f"error: --workers must be at least 1 (got {settings.workers})\n")
     settings.issuer = (settings.issuer or f"http://localhost:{settings.port}").rstrip("/")
     settings.database_url = settings.database_url or f"sqlite:///{ROOT / 'data' / 'oauth.db'}"
     settings.resource += [uri for uri in env("OAUTH_RESOURCES", "").split(",") if uri.strip()]
