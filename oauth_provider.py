@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from authlib.oauth2.rfc7591 import ClientMetadataClaims
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,7 +35,9 @@ from mcp_oauth.provider.admin_api import AdminApi
 from mcp_oauth.provider.authorization_server import AuthorizationServer
 from mcp_oauth.provider.authorize_page import AuthorizePage
 from mcp_oauth.provider.client_documents import ClientDocuments
+from mcp_oauth.provider.client_checks import LogoutMetadataClaims
 from mcp_oauth.provider.device_page import DevicePage
+from mcp_oauth.provider.end_session import END_SESSION_PATH, EndSession, EndSessionPage
 from mcp_oauth.provider.endpoints import (
     ClientRegistration,
     DeviceAuthorization,
@@ -95,6 +98,7 @@ def open_store(settings: argparse.Namespace, users: UsersFile) -> Store:
             {
                 "client_name": client.client_name,
                 "redirect_uris": client.redirect_uris,
+                "post_logout_redirect_uris": client.post_logout_redirect_uris,
                 "grant_types": client.grant_types,
                 "response_types": ["code"] if "authorization_code" in client.grant_types else [],
                 "scope": client.scope,
@@ -148,7 +152,11 @@ def authorization_server(
     server.register_grant(TokenExchangeGrant)
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)
-    server.register_endpoint(ClientRegistration)
+    # RFC 7591 metadata, and where a client may be sent after signing out (RP-Initiated Logout)
+    server.register_endpoint(
+        ClientRegistration(server, claims_classes=[ClientMetadataClaims, LogoutMetadataClaims])
+    )
+    server.register_endpoint(EndSession)  # OpenID Connect RP-Initiated Logout
     server.register_endpoint(DeviceAuthorization)
     return server
 
@@ -184,6 +192,12 @@ def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[Ba
         ),
         Route("/login", sign_in.login, methods=["POST"]),
         Route("/logout", sign_in.logout, methods=["POST"]),
+        Route(
+            END_SESSION_PATH,
+            EndSessionPage(server, sign_in).serve,
+            methods=["GET", "POST"],
+            name="end_session_endpoint",
+        ),
         Route("/device", DevicePage(server).serve, methods=["GET", "POST"]),
         Route("/token", server.token_endpoint, methods=["POST"]),
         Route("/introspect", server.introspection_endpoint, methods=["POST"]),

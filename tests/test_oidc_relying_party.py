@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from tests.oauth_helpers import REDIRECT_URI, Browser, auth_params, redeem, redirect_query
+
+SIGNED_OUT_URI = "http://127.0.0.1:8976/signed-out"
 from tests.support import install_pinned_npm_package
 
 RP_DIR = Path(__file__).resolve().parent / "peers" / "openid_client"
@@ -36,6 +38,7 @@ def register(provider) -> str:
         json={
             "client_name": "openid-client relying party",
             "redirect_uris": [REDIRECT_URI],
+            "post_logout_redirect_uris": [SIGNED_OUT_URI],
             "token_endpoint_auth_method": "none",
             "grant_types": ["authorization_code", "refresh_token"],
             "scope": "openid profile email",
@@ -106,6 +109,21 @@ def test_openid_client_signs_in_validates_the_id_token_and_reads_userinfo(
     }
     assert set(result["refreshed"]["scope"].split()) == {"openid", "profile", "email"}
     assert result["refreshed"]["access_token"] is True
+
+
+def test_openid_client_logout_url_ends_the_provider_session(provider, rp_client):
+    """RP-Initiated Logout: openid-client's buildEndSessionUrl (the ID token as hint, its
+    client_id, a registered post_logout_redirect_uri, a state) signs the person out at once and
+    sends them back with the state; the next sign-in asks for the password again."""
+    browser = Browser(provider.url, "alice", "password123")
+    result = sign_in(provider, browser, rp_client, logout=SIGNED_OUT_URI, userinfo=False)
+    assert "error" not in result, result
+    response = browser.http.get(result["end_session"])
+    assert response.status_code == 302, response.text
+    assert response.headers["location"] == f"{SIGNED_OUT_URI}?state={result['logout_state']}"
+    params, _ = auth_params(client_id=rp_client, scope="openid", nonce="after-logout")
+    page = browser.http.get("/authorize", params=params)
+    assert page.status_code == 200 and 'name="password"' in page.text
 
 
 def test_openid_client_checks_auth_time_against_max_age(provider, rp_client, alice):

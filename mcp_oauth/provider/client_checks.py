@@ -10,6 +10,7 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from authlib.oauth2.claims import BaseClaims
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 
 from mcp_oauth.common.scopes import scope_set, scope_str
@@ -23,6 +24,7 @@ MAX_CLIENT_NAME = 200
 # Registration metadata (RFC 7591 §2) this server reads, and the JSON type each must have.
 METADATA_TYPES: dict[str, type] = {
     "redirect_uris": list,
+    "post_logout_redirect_uris": list,
     "grant_types": list,
     "response_types": list,
     "contacts": list,
@@ -152,6 +154,36 @@ def check_registered_redirect_uris(redirect_uris: list[str], grant_types: list[s
         problem = redirect_uri_problem(uri)
         if problem:
             raise InvalidRedirectUri(f"{printable(uri)}: {problem}")
+
+
+def check_post_logout_redirect_uris(uris: object) -> list[str]:
+    """OpenID Connect RP-Initiated Logout §3.1: where a client may ask to be sent back after
+    signing out; each is held to the rules of a redirect URI (`redirect_uri_problem`: https,
+    or http on a loopback address), and is later matched exactly."""
+    if not isinstance(uris, list) or not all(isinstance(uri, str) for uri in uris):
+        raise InvalidClientMetadata("post_logout_redirect_uris must be a list of strings")
+    for uri in uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise InvalidRedirectUri(f"post_logout_redirect_uris: {printable(uri)}: {problem}")
+    return uris
+
+
+def post_logout_redirect_uri_registered(client, uri: str) -> bool:
+    """RP-Initiated Logout §3: only a URI the client registered, compared as an exact string
+    (no loopback port leeway: a logout redirect carries no code to protect)."""
+    return uri in client.metadata.get("post_logout_redirect_uris", [])
+
+
+class LogoutMetadataClaims(BaseClaims):
+    """The RFC 7591 registration metadata of RP-Initiated Logout (§3.1), kept and checked
+    (`check_post_logout_redirect_uris`) beside Authlib's RFC 7591 claims."""
+
+    REGISTERED_CLAIMS = ["post_logout_redirect_uris"]
+
+    def validate(self, now=None, leeway=0):
+        if "post_logout_redirect_uris" in self:
+            check_post_logout_redirect_uris(self["post_logout_redirect_uris"])
 
 
 def registered_scope(scope: str | None, supported: list[str]) -> str:
@@ -292,9 +324,11 @@ def document_metadata(
     check_registered_response_types(document.get("response_types", ["code"]))
     check_registered_redirect_uris(document.get("redirect_uris", []), grant_types)
     name = document.get("client_name")
+    logout_uris = check_post_logout_redirect_uris(document.get("post_logout_redirect_uris", []))
     return {
         **({"client_name": registered_client_name(name, operator_names)} if name else {}),
         "redirect_uris": document.get("redirect_uris", []),
+        "post_logout_redirect_uris": logout_uris,
         "grant_types": grant_types,
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",

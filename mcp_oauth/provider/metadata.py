@@ -19,6 +19,7 @@ ENDPOINT_KEYS = {
     "revocation": "revocation_endpoint",
     "client_registration": "registration_endpoint",
     "device_authorization": "device_authorization_endpoint",
+    "end_session": "end_session_endpoint",  # OpenID Connect RP-Initiated Logout §2.1
 }
 
 

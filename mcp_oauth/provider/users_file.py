@@ -9,7 +9,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+
 from mcp_oauth.common.users_yaml import UsersFileError, account_scopes, read_users_yaml
+from mcp_oauth.provider.client_checks import check_post_logout_redirect_uris
 
 log = logging.getLogger("oauth_provider")
 DEFAULT_SCOPES = ("read", "write", "admin")  # when users.yaml describes no resources
@@ -68,6 +71,7 @@ class ClientConfig:
     token_endpoint_auth_method: str
     client_secret: str | None = None
     resource_server: bool = False
+    post_logout_redirect_uris: list[str] = field(default_factory=list)  # RP-Initiated Logout
     exchange: ExchangePolicy | None = None
 
     @property
@@ -173,6 +177,7 @@ def load_users_file(path: Path, extra_resources: list[str] = (), issuer: str = "
                 client_secret=_secret_for(entry, path),
                 resource_server=bool(entry.get("resource_server", False)),
                 exchange=_exchange_policy(entry, path, issuer, list(extra_resources)),
+                post_logout_redirect_uris=entry.get("post_logout_redirect_uris", []),
             )
             for entry in raw.get("clients", [])
         ]
@@ -189,6 +194,11 @@ def load_users_file(path: Path, extra_resources: list[str] = (), issuer: str = "
         raise UsersFileError(f"users file {path} is malformed near {exc!s}") from exc
     for uri in extra_resources:
         resources.setdefault(uri, Resource(uri=uri, name=uri, scopes=frozenset(catalogue)))
+    for client in clients:
+        try:
+            check_post_logout_redirect_uris(client.post_logout_redirect_uris)
+        except OAuth2Error as exc:
+            raise UsersFileError(f"{path}: client {client.client_id}: {exc.description}") from exc
     for account in accounts.values():
         if not account.password_hash.startswith("$argon2"):
             raise UsersFileError(

@@ -7,7 +7,9 @@
 //   → {"id_token_claims": {...}, "userinfo": {...}, "refreshed": {...}}   or  {"error": ...}
 // Settings: issuer, client_id, redirect_uri, scope; nonce (default true: send a random one and
 // expect it back; a string: that one; false: none); userinfo, refresh (default true); swap_id_token: an ID token put in place of the
-// one the token endpoint answers (to see openid-client refuse a token for another audience).
+// one the token endpoint answers (to see openid-client refuse a token for another audience);
+// logout: a post_logout_redirect_uri, to get the RP-Initiated Logout URL (end_session) that
+// openid-client builds with the ID token as id_token_hint and a state (logout_state).
 import { createInterface } from 'node:readline';
 
 import * as client from 'openid-client';
@@ -63,7 +65,21 @@ async function main() {
   }
   if (settings.refresh && tokens.refresh_token) {
     const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token);
-    result.refreshed = { scope: refreshed.scope, access_token: Boolean(refreshed.access_token) };
+    const refreshedClaims = refreshed.claims();  // openid-client validates a new ID token
+    result.refreshed = {
+      scope: refreshed.scope,
+      access_token: Boolean(refreshed.access_token),
+      refresh_token: Boolean(refreshed.refresh_token),
+      id_token_claims: refreshedClaims ?? null,
+    };
+  }
+  if (settings.logout) {
+    result.logout_state = client.randomState();
+    result.end_session = client.buildEndSessionUrl(config, {
+      id_token_hint: tokens.id_token,
+      post_logout_redirect_uri: settings.logout,
+      state: result.logout_state,
+    }).href;
   }
   say(result);
 }
