@@ -34,8 +34,8 @@ from mcp_oauth.common.security_events import SSF_CONFIGURATION_PATH
 from mcp_oauth.provider.admin_api import AdminApi
 from mcp_oauth.provider.authorization_server import AuthorizationServer
 from mcp_oauth.provider.authorize_page import AuthorizePage
-from mcp_oauth.provider.client_documents import ClientDocuments
 from mcp_oauth.provider.client_checks import LogoutMetadataClaims
+from mcp_oauth.provider.client_documents import ClientDocuments
 from mcp_oauth.provider.device_page import DevicePage
 from mcp_oauth.provider.end_session import END_SESSION_PATH, EndSession, EndSessionPage
 from mcp_oauth.provider.endpoints import (

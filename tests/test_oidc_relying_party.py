@@ -14,12 +14,11 @@ import httpx
 import pytest
 
 from tests.oauth_helpers import REDIRECT_URI, Browser, auth_params, redeem, redirect_query
-
-SIGNED_OUT_URI = "http://127.0.0.1:8976/signed-out"
 from tests.support import install_pinned_npm_package
 
 RP_DIR = Path(__file__).resolve().parent / "peers" / "openid_client"
 RP_TIMEOUT = 60  # seconds one sign-in may take, end to end
+SIGNED_OUT_URI = "http://127.0.0.1:8976/signed-out"
 
 
 @pytest.fixture(scope="module", autouse=True)
