@@ -9,6 +9,8 @@ it serves is decided in oauth_provider.py, with register_grant and register_endp
 
 from __future__ import annotations
 
+import inspect
+
 from authlib.consts import default_json_headers
 from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, OAuth2Error
@@ -28,6 +30,7 @@ from mcp_oauth.provider.oauth_request import (
 from mcp_oauth.provider.records import CONFIDENTIAL_AUTH, ClientRecord
 from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS
 from mcp_oauth.provider.storage.store import Store
+from mcp_oauth.provider.token_lookup_endpoints import TokenLookupEndpoints
 from mcp_oauth.provider.token_minter import TokenMinter
 from mcp_oauth.provider.users_file import UsersFile
 
@@ -71,6 +74,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         self.grants: list[tuple[type, list]] = []
         self.endpoints: list[type] = []
         self.metadata: dict = {}  # set by oauth_provider.py once the routes are known
+        self.token_lookups = TokenLookupEndpoints(self)
 
     def register_grant(self, grant_cls, extensions=None) -> None:
         """A server that issues refresh tokens honours `offline_access` (SEP-2207), and one
@@ -153,10 +157,10 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         return await self._run(request, self.oauth2_request, self.create_token_response)
 
     async def introspection_endpoint(self, request: Request) -> Response:
-        return await self._endpoint(request, "introspection")
+        return await self._run(request, self.oauth2_request, self.token_lookups.introspect)
 
     async def revocation_endpoint(self, request: Request) -> Response:
-        return await self._endpoint(request, "revocation")
+        return await self._run(request, self.oauth2_request, self.token_lookups.revoke)
 
     async def device_authorization_endpoint(self, request: Request) -> Response:
         return await self._endpoint(request, "device_authorization")
@@ -170,10 +174,13 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         return await self._run(request, self.oauth2_request, self.create_endpoint_response, name)
 
     async def _run(self, request: Request, read, handler, *args) -> Response:
-        """Read the request (`read`), let Authlib answer it in a worker thread (`handler`),
-        and answer an OAuth error as its RFC says."""
+        """Read the request (`read`), let `handler` answer it: Authlib's, in a worker thread;
+        a coroutine (token_lookup_endpoints.py) decides itself what leaves the event loop.
+        An OAuth error is answered as its RFC says."""
         try:
             oauth_request = await read(request)
+            if inspect.iscoroutinefunction(handler):
+                return await handler(*args, oauth_request)
             return await run_in_threadpool(handler, *args, oauth_request)
         except OAuth2Error as error:
             return self.error_response(error)

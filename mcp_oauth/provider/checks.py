@@ -72,6 +72,27 @@ def check_basic_credentials(headers) -> None:
         raise InvalidClientError(status_code=401, description="malformed Basic credentials")
 
 
+def check_token_parameter(form: dict) -> str:
+    """RFC 7662 §2.1 and RFC 7009 §2.1: `token` is REQUIRED. The optional token_type_hint
+    is ignored: a token is found by its hash whatever its type, as both RFCs allow."""
+    if "token" not in form:
+        raise InvalidRequestError("missing token")
+    return form["token"]
+
+
+def token_is_active(token: TokenRecord | None) -> bool:
+    """RFC 7662 §2.2: a token that is unknown, expired, revoked, or (a refresh token)
+    already spent is answered as exactly {"active": false}."""
+    return token is not None and not token.is_expired() and not token.is_revoked()
+
+
+def check_token_belongs_to_client(token: TokenRecord, client) -> None:
+    """RFC 7009 §2.1: the server verifies that the token was issued to the client asking
+    for its revocation; if not, the request is refused (invalid_grant, as Authlib answers)."""
+    if not token.check_client(client):
+        raise InvalidGrantError()
+
+
 def check_pkce_s256(data: dict) -> None:
     """RFC 7636 §4.3 as RFC 9700 §2.1.1 asks: every authorization request carries a
     code_challenge made with S256; no challenge, or `plain`, is refused."""

@@ -4,7 +4,7 @@ the per-address limit in front of registration."""
 
 from __future__ import annotations
 
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnauthorizedClientError
+from authlib.oauth2.rfc6749.errors import UnauthorizedClientError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
@@ -17,6 +17,7 @@ from mcp_oauth.common.scopes import scope_str
 from mcp_oauth.provider.checks import (
     check_registration_size,
     check_scope_known,
+    check_token_parameter,
     requested_resource,
 )
 from mcp_oauth.provider.client_checks import (
@@ -36,11 +37,12 @@ from mcp_oauth.provider.token_minter import token_claims
 
 class TokenLookup:
     """Introspection and revocation find a token by its hash, whatever its type, so the
-    optional token_type_hint is ignored, as RFC 7009 §2.1 and RFC 7662 §2.1 allow."""
+    optional token_type_hint is ignored, as RFC 7009 §2.1 and RFC 7662 §2.1 allow. The
+    requests are answered by token_lookup_endpoints.py from these classes' rules
+    (CLIENT_AUTH_METHODS, check_permission, introspect_token, revoke_token)."""
 
     def check_params(self, request, client):
-        if "token" not in request.form:
-            raise InvalidRequestError("missing token")
+        check_token_parameter(request.form)
 
     def query_token(self, token: str, token_type_hint: str | None) -> TokenRecord | None:
         return self.server.store.tokens.find(token)

@@ -1,5 +1,10 @@
 """Clients: pre-registered ones re-synced from users.yaml at every start, and the ones that
-registered themselves (RFC 7591). A client read from the database is reused briefly."""
+registered themselves (RFC 7591). A client read from the database is reused briefly.
+
+That reuse is the client-authentication cache of the hot endpoints: a secret is checked
+against the cached record's hash, so a client changed or deleted by another replica (or
+process) is honoured within CLIENT_CACHE_SECONDS; a change made through this store is
+honoured at once (the cached record is dropped)."""
 
 from __future__ import annotations
 
@@ -18,11 +23,12 @@ CLIENT_CACHE_SECONDS = 30
 
 
 class ClientStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, cache_seconds: float = CLIENT_CACHE_SECONDS):
         self.db = db
-        # Clients change only at start (users.yaml) or by registration: a client read from the
-        # database is reused briefly instead of being read for every token request.
-        self._cache: TTLCache = TTLCache(maxsize=1024, ttl=CLIENT_CACHE_SECONDS)
+        # Clients change only at start (users.yaml), by registration, or when the janitor
+        # deletes an unused one: a client read from the database is reused briefly instead of
+        # being read for every token request.
+        self._cache: TTLCache = TTLCache(maxsize=1024, ttl=cache_seconds)
         self._cache_lock = threading.Lock()  # cachetools caches are not thread-safe
 
     def save(
@@ -47,6 +53,12 @@ class ClientStore:
             self.db.upsert(
                 conn, clients, {"client_id": client_id, "created_at": now(), **values}, values
             )
+        self.forget(client_id)
+
+    def forget(self, client_id: str) -> None:
+        """Drop the cached record, so this process's next request reads the change."""
+        with self._cache_lock:
+            self._cache.pop(client_id, None)
 
     def get(self, client_id: str) -> ClientRecord | None:
         with self._cache_lock:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
@@ -27,6 +27,15 @@ from mcp_oauth.provider.storage.database import (
 from mcp_oauth.provider.storage.refresh_replies import RefreshReplies
 from mcp_oauth.provider.storage.schema import token_exchanges, token_families, tokens
 from mcp_oauth.provider.storage.security_events import SecurityEvents
+
+# Built once: the hot lookup (introspection, revocation, refresh) only binds the hash, and
+# SQLAlchemy's compiled cache keys it by this one statement object.
+FIND_TOKEN = (
+    select(tokens, token_exchanges.c.subject_hash, token_exchanges.c.actors.label("actor_chain"))
+    .outerjoin(token_exchanges, token_exchanges.c.token_hash == tokens.c.token_hash)
+    .where(tokens.c.token_hash == bindparam("token_hash"))
+)
+FIND_TOKEN_OF_KIND = FIND_TOKEN.where(tokens.c.kind == bindparam("kind"))
 
 
 def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToken]) -> None:
@@ -138,8 +147,9 @@ class TokenStore:
         self.replies = RefreshReplies(db)
 
     def save_family(self, family: TokenFamily, issued: list[IssuedToken]) -> None:
-        with self.db.write() as conn:
-            insert_family(conn, family, issued)
+        """A new family and its tokens (client_credentials): independent of any other write,
+        so committed together with whatever else is waiting (Database.grouped)."""
+        self.db.grouped(lambda conn: insert_family(conn, family, issued))
 
     def save_exchanged(
         self,
@@ -175,16 +185,11 @@ class TokenStore:
             return True
 
     def find(self, value: str, kind: str | None = None) -> TokenRecord | None:
-        exchange = token_exchanges.c
-        query = (
-            select(tokens, exchange.subject_hash, exchange.actors.label("actor_chain"))
-            .outerjoin(token_exchanges, exchange.token_hash == tokens.c.token_hash)
-            .where(tokens.c.token_hash == secret_hash(value))
-        )
-        if kind:
-            query = query.where(tokens.c.kind == kind)
+        """The token stored under the hash of `value` (one indexed read; on SQLite cheap
+        enough for the event loop, see Database.reads_inline)."""
+        params = {"token_hash": secret_hash(value), "kind": kind}
         with self.db.engine.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(FIND_TOKEN_OF_KIND if kind else FIND_TOKEN, params).first()
         if row is None:
             return None
         return record_from_row(TokenRecord, row, family_id="grant_id")
@@ -206,7 +211,8 @@ class TokenStore:
         (unless the grace gives the same answer again). The family row is locked first.
         """
         sealed = self.replies.seal(presented, answer) if answer and grace > 0 else None
-        with self.db.write() as conn:
+
+        def rotate(conn: Connection) -> bool:
             if not _lock_family(conn, old.family_id):
                 return False
             spent = conn.execute(
@@ -224,6 +230,9 @@ class TokenStore:
             if sealed is not None:
                 self.replies.keep(conn, old.token_hash, old.client_id, answer, sealed, grace)
             return True
+
+        # Each rotation is decided by its own UPDATEs, so it may share a commit (grouped).
+        return self.db.grouped(rotate)
 
     def revoke_family(self, family_id: str, reason: str = "revoked", by: str = "system") -> int:
         """Revoke a family and every token in it; returns how many tokens were live. The

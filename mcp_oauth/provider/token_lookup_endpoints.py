@@ -1,0 +1,94 @@
+"""RFC 7662 introspection and RFC 7009 revocation, answered by the project's own small
+handlers: the hottest endpoints of the provider (every resource server's cache miss is one
+introspection), and protocols that fit on a page.
+
+Each step is a named rule: client authentication as Authlib's (the methods the endpoint class
+in endpoints.py allows), then checks.py's check_token_parameter, token_is_active and
+check_token_belongs_to_client, and the endpoint class's own policy (check_permission,
+introspect_token, revoke_token). What Authlib's generic endpoint machinery added per request,
+and the hop to a worker thread, are gone where they cost more than the work: on SQLite the
+client (cached, storage/clients.py) and the token (one indexed read) are read on the event
+loop; a revocation's write, PostgreSQL, and a client identified by a metadata document URL
+(fetched over the network) still run in a worker thread.
+"""
+
+from __future__ import annotations
+
+from authlib.consts import default_json_headers
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from mcp_oauth.provider.checks import (
+    check_token_belongs_to_client,
+    check_token_parameter,
+    token_is_active,
+)
+from mcp_oauth.provider.oauth_request import StarletteOAuth2Request
+from mcp_oauth.provider.records import TokenRecord
+
+INACTIVE = {"active": False}
+
+
+class TokenLookupEndpoints:
+    """Introspection and revocation for one AuthorizationServer (its registered endpoints
+    carry the rules; this class carries the request through them)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def _endpoint(self, name: str):
+        return self.server._endpoints[name][0]  # registered by oauth_provider.py
+
+    def _on_event_loop(self, request: StarletteOAuth2Request) -> bool:
+        """Whether the reads of this request are cheap enough for the event loop: SQLite,
+        and no client id that names a metadata document (that one is fetched)."""
+        if not self.server.store.db.reads_inline:
+            return False
+        presented = (extract_basic_authorization(request.headers)[0], request.form.get("client_id"))
+        identifies = self.server.client_documents.identifies
+        return not any(client_id and identifies(client_id) for client_id in presented)
+
+    async def _call(self, request: StarletteOAuth2Request, work):
+        if self._on_event_loop(request):
+            return work(request)
+        return await run_in_threadpool(work, request)
+
+    # -- RFC 7662 ---------------------------------------------------------------------------
+
+    async def introspect(self, request: StarletteOAuth2Request) -> Response:
+        return self.server.handle_response(200, await self._call(request, self._introspection),
+                                           default_json_headers)  # fmt: skip
+
+    def _introspection(self, request: StarletteOAuth2Request) -> dict:
+        """RFC 7662 §2.1–2.2: an authenticated client; an active token it may see is
+        described, anything else is {"active": false}."""
+        endpoint = self._endpoint("introspection")
+        client = self.server.authenticate_client(
+            request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
+        )
+        token = self.server.store.tokens.find(check_token_parameter(request.form))
+        if not token_is_active(token) or not endpoint.check_permission(token, client, request):
+            return dict(INACTIVE)
+        return endpoint.introspect_token(token)
+
+    # -- RFC 7009 ---------------------------------------------------------------------------
+
+    async def revoke(self, request: StarletteOAuth2Request) -> Response:
+        """RFC 7009 §2.1–2.2: an unknown token is answered 200 like a revoked one; the
+        revocation itself is a write, so it runs in a worker thread."""
+        endpoint = self._endpoint("revocation")
+        token = await self._call(request, self._token_to_revoke)
+        if token is not None:
+            await run_in_threadpool(endpoint.revoke_token, token, request)
+        return self.server.handle_response(200, {}, default_json_headers)
+
+    def _token_to_revoke(self, request: StarletteOAuth2Request) -> TokenRecord | None:
+        endpoint = self._endpoint("revocation")
+        client = self.server.authenticate_client(
+            request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
+        )
+        token = self.server.store.tokens.find(check_token_parameter(request.form))
+        if token is not None:
+            check_token_belongs_to_client(token, client)
+        return token
