@@ -59,7 +59,7 @@ from mcp_oauth.provider.grants import (
 )
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
-from mcp_oauth.provider.identity import OpenIDCode
+from mcp_oauth.provider.identity import OpenIDCode, OpenIDRefresh
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
 from mcp_oauth.provider.passwords import print_password_hash
 from mcp_oauth.provider.settings import parse_settings
@@ -142,11 +142,13 @@ def authorization_server(
     server = AuthorizationServer(
         settings.issuer, users, store, minter, ClientDocuments(settings.cimd_allow_loopback)
     )
-    openid = OpenIDCode(settings.issuer, minter, store.codes)  # OpenID Connect: ID tokens
+    # OpenID Connect: ID tokens at sign-in, and new ones when an openid grant is refreshed
+    openid = OpenIDCode(settings.issuer, minter, store.codes)
+    openid_refresh = OpenIDRefresh(settings.issuer, minter, store.codes)
     server.register_grant(
         AuthorizationCodeGrant, [S256CodeChallenge(required=True), ResourceIndicator(), openid]
     )
-    server.register_grant(RefreshTokenGrant)
+    server.register_grant(RefreshTokenGrant, [openid_refresh])
     server.register_grant(ClientCredentialsGrant)
     server.register_grant(DeviceCodeGrant)
     server.register_grant(TokenExchangeGrant)

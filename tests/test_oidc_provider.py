@@ -165,20 +165,6 @@ def test_an_operators_client_gets_identity_scopes_only_when_configured(provider,
     assert body["scope"] == "read" and "id_token" not in body
 
 
-def test_refresh_keeps_the_identity_scopes(provider, rp, alice):
-    body, _ = sign_in_tokens(provider, alice, rp, scope=IDENTITY, nonce="refresh-1")
-    refreshed = httpx.post(
-        f"{provider.url}/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": body["refresh_token"],
-            "client_id": rp,
-        },
-    )
-    assert refreshed.status_code == 200, refreshed.text
-    assert set(refreshed.json()["scope"].split()) == set(IDENTITY.split())
-
-
 # -- discovery (OpenID Connect Discovery 1.0 §3) ----------------------------------------------
 
 

@@ -40,7 +40,7 @@ def register(provider) -> str:
             "post_logout_redirect_uris": [SIGNED_OUT_URI],
             "token_endpoint_auth_method": "none",
             "grant_types": ["authorization_code", "refresh_token"],
-            "scope": "openid profile email",
+            "scope": "openid profile email offline_access",
         },
     )
     assert response.status_code == 201, response.text
@@ -93,7 +93,9 @@ def sign_in(provider, browser: Browser, client_id: str, **settings) -> dict:
 def test_openid_client_signs_in_validates_the_id_token_and_reads_userinfo(
     provider, rp_client, alice
 ):
-    result = sign_in(provider, alice, rp_client)
+    """With offline_access, a refresh token; refreshing answers a new ID token that
+    openid-client validates (OIDC Core §12.2), for the same person and sign-in."""
+    result = sign_in(provider, alice, rp_client, scope="openid profile email offline_access")
     assert "error" not in result, result
     claims = result["id_token_claims"]
     assert claims["iss"] == provider.url and claims["aud"] == [rp_client]
@@ -106,8 +108,12 @@ def test_openid_client_signs_in_validates_the_id_token_and_reads_userinfo(
         "email": "alice@example.com",
         "email_verified": True,
     }
-    assert set(result["refreshed"]["scope"].split()) == {"openid", "profile", "email"}
-    assert result["refreshed"]["access_token"] is True
+    refreshed = result["refreshed"]
+    assert set(refreshed["scope"].split()) == {"openid", "profile", "email", "offline_access"}
+    assert refreshed["access_token"] is True and refreshed["refresh_token"] is True
+    new_claims = refreshed["id_token_claims"]
+    assert (new_claims["sub"], new_claims["aud"]) == ("alice", [rp_client])
+    assert new_claims["auth_time"] == claims["auth_time"] and "nonce" not in new_claims
 
 
 def test_openid_client_logout_url_ends_the_provider_session(provider, rp_client):
@@ -127,8 +133,9 @@ def test_openid_client_logout_url_ends_the_provider_session(provider, rp_client)
 
 def test_openid_client_checks_auth_time_against_max_age(provider, rp_client, alice):
     """With max_age, openid-client requires auth_time and checks the sign-in is recent enough."""
-    result = sign_in(provider, alice, rp_client, max_age=3600, userinfo=False, refresh=False)
+    result = sign_in(provider, alice, rp_client, max_age=3600, userinfo=False)
     assert "error" not in result, result
+    assert "refreshed" not in result  # openid without offline_access: no refresh token
     assert result["id_token_claims"]["auth_time"] <= result["id_token_claims"]["iat"]
 
 
@@ -144,6 +151,14 @@ def test_openid_client_refuses_an_id_token_for_another_audience(provider, rp_cli
     someone_elses = id_token_of(provider, alice, register(provider), nonce="same-nonce")
     result = sign_in(provider, alice, rp_client, nonce="same-nonce", swap_id_token=someone_elses)
     assert result["error"]["cause"] == 'unexpected JWT "aud" (audience) claim value', result
+
+
+def test_openid_client_refuses_an_id_token_with_another_nonce(provider, rp_client, alice):
+    """A real ID token of ours for this very client, from another sign-in with another nonce,
+    in place of the one answered: openid-client refuses the nonce."""
+    other = id_token_of(provider, alice, rp_client, nonce="another-sign-in")
+    result = sign_in(provider, alice, rp_client, nonce="this-sign-in", swap_id_token=other)
+    assert result["error"]["cause"] == 'unexpected ID Token "nonce" claim value', result
 
 
 def id_token_of(provider, browser: Browser, client_id: str, nonce: str) -> str:

@@ -35,7 +35,7 @@ from mcp_oauth.provider.checks import (
     exchanged_scope,
     requested_resource,
 )
-from mcp_oauth.provider.identity import IDENTITY_SCOPES
+from mcp_oauth.provider.identity import IDENTITY_SCOPES, OPENID
 from mcp_oauth.provider.records import (
     ANY_CLIENT_AUTH,
     CONFIDENTIAL_AUTH,
@@ -49,6 +49,17 @@ from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS, decide_scopes, reque
 log = logging.getLogger("oauth_provider")
 
 AUTHORIZATION_CODE_LIFETIME = 300
+
+
+def refresh_token_granted(client, scope: str) -> bool:
+    """Whether a grant of `scope` gets a refresh token: only for a client registered for the
+    refresh_token grant, and, once the grant holds `openid`, only when `offline_access` was
+    requested and granted too (OIDC Core §11, SEP-2207). A grant without openid gets one as it
+    always did (MCP clients that never ask for openid)."""
+    granted = scope_set(scope)
+    return client.check_grant_type("refresh_token") and (
+        OPENID not in granted or OFFLINE_ACCESS in granted
+    )
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -148,7 +159,7 @@ class AuthorizationCodeGrant(TokenGrant, grants.AuthorizationCodeGrant):
         resource = self.bound_resource(code.resource)
         family = TokenFamily(self.client.client_id, account.username, code.scope, resource)
         body, issued = self.server.minter.mint(
-            family, with_refresh=self.client.check_grant_type("refresh_token")
+            family, with_refresh=refresh_token_granted(self.client, code.scope)
         )
         if not self.server.store.codes.redeem(code, family, issued):
             self.server.store.codes.revoke_tokens_of(code)
@@ -190,13 +201,15 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
     def authenticate_user(self, refresh_token: TokenRecord):
         return self.server.accounts.get(refresh_token.username)
 
+    @hooked  # identity.OpenIDRefresh adds a new ID token to the answer of an openid grant
     def create_token_response(self):
-        if self.request.replayed_answer is not None:
-            return 200, self.request.replayed_answer, self.TOKEN_RESPONSE_HEADER
         old: TokenRecord = self.request.refresh_token
         account = self.authenticate_user(old)
         if account is None:
             raise InvalidGrantError("the user of this refresh token no longer exists")
+        self.request.user = account
+        if self.request.replayed_answer is not None:
+            return 200, self.request.replayed_answer, self.TOKEN_RESPONSE_HEADER
         resource = self.bound_resource(old.resource)
         # The scope may narrow, never widen (checked by Authlib against the refresh token's
         # scope); the user's current allowance in users.yaml applies at every refresh

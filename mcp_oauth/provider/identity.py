@@ -17,6 +17,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error, scope_to_li
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from authlib.oidc.core.grants import OpenIDCode as AuthlibOpenIDCode
+from authlib.oidc.core.grants import OpenIDToken
 from authlib.oidc.core.grants.util import is_openid_scope
 
 from mcp_oauth.provider.users_file import Account
@@ -102,15 +103,12 @@ def sign_in_demand(data: dict, signed_in_at: int | None, now: int) -> OAuth2Erro
     return True if too_old or "login" in prompts else None
 
 
-class OpenIDCode(AuthlibOpenIDCode):
-    """Authlib's OpenID Connect extension of the authorization code grant: an ID token
-    (signed RS256 with the provider's key, `kid` in its header) beside the access token
-    whenever the code was granted `openid`, with the code's `nonce` and `auth_time` and the
-    access token's `at_hash` (OIDC Core §3.1.3.6). A `nonce` is required in every openid
-    request and may be used once per client (§3.1.2.1, §15.5.2)."""
+class ProviderIdTokens:
+    """What every ID token here shares: signed RS256 with the provider's key (`kid` in its
+    header), the issuer, the client as the only audience (so no `azp` is required, OIDC Core
+    §2), the lifetime, and the claims of the granted identity scopes."""
 
     def __init__(self, issuer_url: str, minter, codes):
-        super().__init__(require_nonce=True)
         self.issuer_url = issuer_url
         self.minter = minter
         self.codes = codes
@@ -125,13 +123,25 @@ class OpenIDCode(AuthlibOpenIDCode):
         return {"alg": ID_TOKEN_ALG, "kid": self.minter.signing_key.kid}
 
     def get_client_claims(self, client) -> dict:
-        """OIDC Core §2: the issuer, the client as the only audience (so no `azp` is
-        required) and the lifetime."""
         return {
             "iss": self.issuer_url,
             "aud": [client.get_client_id()],
             "exp": int(time.time()) + ID_TOKEN_LIFETIME,
         }
+
+    def generate_user_info(self, user: Account, scope: str) -> UserInfo:
+        return user_claims(user, scope)
+
+
+class OpenIDCode(ProviderIdTokens, AuthlibOpenIDCode):
+    """Authlib's OpenID Connect extension of the authorization code grant: an ID token beside
+    the access token whenever the code was granted `openid`, with the code's `nonce` and
+    `auth_time` and the access token's `at_hash` (OIDC Core §3.1.3.6). A `nonce` is required
+    in every openid request and may be used once per client (§3.1.2.1, §15.5.2)."""
+
+    def __init__(self, issuer_url: str, minter, codes):
+        AuthlibOpenIDCode.__init__(self, require_nonce=True)
+        ProviderIdTokens.__init__(self, issuer_url, minter, codes)
 
     def validate_openid_authorization_request(self, grant, redirect_uri):
         super().validate_openid_authorization_request(grant, redirect_uri)
@@ -140,5 +150,19 @@ class OpenIDCode(AuthlibOpenIDCode):
     def exists_nonce(self, nonce: str, request) -> bool:
         return self.codes.nonce_used(request.payload.client_id, nonce)
 
-    def generate_user_info(self, user: Account, scope: str) -> UserInfo:
-        return user_claims(user, scope)
+
+class OpenIDRefresh(ProviderIdTokens, OpenIDToken):
+    """OIDC Core §12.2: refreshing a grant of `openid` answers a new ID token (Authlib's
+    OpenIDToken extension on the refresh grant): the same iss, sub and aud, a new iat and
+    at_hash, and the time of the original sign-in as auth_time (from the code that started
+    the grant), never the refresh's. No nonce: a refresh is no authentication request, and
+    the client already saw the original nonce once (§12.2 as clarified, OpenID issue 1025)."""
+
+    def get_compatible_claims(self, request) -> dict:
+        claims = super().get_compatible_claims(request)
+        auth_time = self.codes.auth_time_of_grant(request.refresh_token.family_id)
+        if auth_time is None:  # a grant that did not start with a sign-in here
+            claims.pop("auth_time", None)
+        else:
+            claims["auth_time"] = auth_time
+        return claims

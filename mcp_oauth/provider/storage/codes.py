@@ -54,6 +54,16 @@ class CodeStore:
         with self.db.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
+    def auth_time_of_grant(self, family_id: str) -> int | None:
+        """When the person signed in for the code that started this token family (OIDC Core
+        §12.2: a refreshed ID token keeps the original auth_time); None for a family that
+        came from no code. A redeemed code is kept while its family has tokens (janitor.py)."""
+        query = select(authorization_codes.c.auth_time).where(
+            authorization_codes.c.grant_id == family_id
+        )
+        with self.db.engine.connect() as conn:
+            return conn.execute(query.limit(1)).scalar()
+
     def redeem(self, code: CodeRecord, family: TokenFamily, issued: list[IssuedToken]) -> bool:
         """Mark the code used and store its tokens, atomically; False if it was used already."""
         with self.db.write() as conn:
