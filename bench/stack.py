@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -32,21 +33,54 @@ def running(process: ServerProcess) -> Iterator[ServerProcess]:
         process.stop()
 
 
-def provider(tmp: Path, resources: list[str], token_format: str = "opaque") -> ServerProcess:
-    """Our authorization server on SQLite in `tmp`; `.url` and `.database` set for the caller."""
+def provider(
+    tmp: Path,
+    resources: list[str],
+    token_format: str = "opaque",
+    database_url: str | None = None,
+    workers: int = 1,
+    name: str = "",
+) -> ServerProcess:
+    """Our authorization server (SQLite in `tmp` unless `database_url`), `workers` processes;
+    `.url` and `.database_url` set for the caller."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    database = tmp / f"oauth-{token_format}.db"
+    name = name or token_format
+    database_url = database_url or f"sqlite:///{tmp / f'oauth-{name}.db'}"
     process = ServerProcess(
         ["oauth_provider.py", "--host", "127.0.0.1", "--port", str(port), "--issuer", url]
-        + ["--database-url", f"sqlite:///{database}", "--log-level", "warning"]
-        + ["--access-token-format", token_format],
+        + ["--database-url", database_url, "--log-level", "warning"]
+        + ["--access-token-format", token_format, "--workers", str(workers)],
         {"MCP_RS_CLIENT_SECRET": RS_SECRET, "OAUTH_RESOURCES": ",".join(resources)},
         f"{url}/.well-known/oauth-authorization-server",
-        tmp / f"provider-{token_format}-{port}.log",
+        tmp / f"provider-{name}-{port}.log",
     )
-    process.url, process.database = url, database  # type: ignore[attr-defined]
+    process.url, process.database_url = url, database_url  # type: ignore[attr-defined]
+    process.workers = workers  # type: ignore[attr-defined]
     return process
+
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A new, empty PostgreSQL database for this run (its SQLAlchemy URL), dropped at the
+    end; None when PostgreSQL at 127.0.0.1:5432 is not reachable."""
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError:
+        yield None
+        return
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def resource_server(tmp: Path, mcp_url: str, issuer: str, env: dict[str, str]) -> ServerProcess:
@@ -87,21 +121,60 @@ def start_peer(tmp: Path, resource: str) -> OidcProviderPeer:
     return start_oidc_provider("opaque", resource, RS_SECRET, log_dir=tmp)
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (uvicorn's workers are children of its supervisor)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += parents.get(current, [])
+    return found
+
+
+def worker_count(pid: int) -> int:
+    """How many uvicorn worker processes (multiprocessing spawns) run below `pid`."""
+    return sum(
+        b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+        for child in descendants(pid)[1:]
+        if Path(f"/proc/{child}/cmdline").exists()
+    )
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by these processes (all their threads)."""
+    """User + system CPU time used so far by these processes and their children (all
+    threads; /proc/<pid>/stat utime + stime)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    for pid in {p for top in pids for p in descendants(top)}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
         total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 
-def count_tokens(database: Path, client_id: str) -> int:
-    """Access tokens durably stored for `client_id`, read from the committed SQLite file."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        query = "SELECT count(*) FROM tokens WHERE client_id = ? AND kind = 'access'"
-        return db.execute(query, (client_id,)).fetchone()[0]
+def count_tokens(database_url: str, client_id: str) -> int:
+    """Access tokens durably stored for `client_id`, read from the committed database (the
+    SQLite file opened read-only, or PostgreSQL)."""
+    query = "SELECT count(*) FROM tokens WHERE client_id = %s AND kind = 'access'"
+    if database_url.startswith("sqlite:///"):
+        path = database_url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute(query.replace("%s", "?"), (client_id,)).fetchone()[0]
+    import psycopg
+
+    libpq = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(libpq) as conn:
+        return conn.execute(query, (client_id,)).fetchone()[0]
 
 
 # -- tokens, obtained the way clients obtain them ------------------------------------------------
