@@ -49,10 +49,10 @@ def check_hint_is_our_id_token(hint: str, claims: dict, issuer_url: str) -> None
         header = extract_compact(hint.encode()).protected
     except (JoseError, ValueError) as exc:
         raise InvalidRequestError("id_token_hint is not an ID token") from exc
-    if str(header.get("typ", "")).lower() == ACCESS_TOKEN_JWT_TYPE or claims.get("iss") != (
-        issuer_url
-    ):
-        raise InvalidRequestError("id_token_hint is not an ID token issued by this provider")
+    if str(header.get("typ", "")).lower() == ACCESS_TOKEN_JWT_TYPE:
+        raise InvalidRequestError("id_token_hint is an access token, not an ID token")
+    if claims.get("iss") != issuer_url:
+        raise InvalidRequestError("id_token_hint was not issued by this provider")
 
 
 def check_post_logout_redirect_uri(data: dict, validated: EndSessionRequest) -> None:
