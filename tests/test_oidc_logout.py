@@ -6,6 +6,7 @@ signs someone out without their confirmation)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -76,6 +77,22 @@ def forged(provider, claims: dict, typ: str | None = None) -> str:
     key = signing_key(provider)
     header = {"alg": "RS256", "kid": key.kid, **({"typ": typ} if typ else {})}
     return jwt.encode(header, claims, key)
+
+
+def signed_as_is(provider, header: dict, claims: dict) -> str:
+    """A JWS signed with the provider's key over exactly this header (joserfc would refuse
+    to write some of them)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    signing_input = f"{part(header)}.{part(claims)}"
+    signature = signing_key(provider).private_key.sign(
+        signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()
+    )
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
 
 def fresh(provider) -> Browser:
@@ -175,6 +192,16 @@ def test_a_hint_that_is_not_our_id_token_is_refused(provider, rp, hint_kind):
         "/end_session", params={"id_token_hint": hint, "post_logout_redirect_uri": SIGNED_OUT_URI}
     )
     assert response.status_code == 400 and "location" not in response.headers
+    assert is_signed_in(browser, rp)
+
+
+def test_a_hint_whose_error_authlib_will_not_echo_is_a_400_page(provider, rp):
+    """A critical header named with a quote: the JOSE error names it, and Authlib refuses
+    that text in an error description (RFC 6749 §5.2); still a 400 page, not a 500."""
+    browser = fresh(provider)
+    hint = signed_as_is(provider, {"alg": "RS256", "crit": ['x"y']}, {"iss": provider.url})
+    response = browser.http.get("/end_session", params={"id_token_hint": hint})
+    assert response.status_code == 400 and "not allowed" in response.text
     assert is_signed_in(browser, rp)
 
 

@@ -20,7 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from mcp_oauth.provider.authorization_server import AuthorizationServer
+from mcp_oauth.provider.authorization_server import (
+    AuthorizationServer,
+    authlib_refused_error_text,
+)
 from mcp_oauth.provider.client_checks import post_logout_redirect_uri_registered
 from mcp_oauth.provider.http_hardening import page_policy, redirect_source
 from mcp_oauth.provider.identity import ID_TOKEN_ALG
@@ -139,6 +142,10 @@ class EndSessionPage:
             )
         except OAuth2Error as error:
             return invalid_logout_page(request, error.description or error.error)
+        except ValueError as exc:  # Authlib refusing to echo a description (see the helper)
+            if not authlib_refused_error_text(exc):
+                raise
+            return invalid_logout_page(request, "A parameter holds characters not allowed.")
         account = await signed_in(request, self.server.accounts, self.server.store.sessions)
         username = account.username if account else None
         if account is not None and not confirming and not trusted(validated, username):
