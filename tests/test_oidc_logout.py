@@ -14,9 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import sqlalchemy
+from authlib.oauth2.rfc6749.errors import OAuth2Error
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from mcp_oauth.provider.client_checks import document_metadata
 from mcp_oauth.provider.users_file import UsersFileError, load_users_file
 from tests.oauth_helpers import REDIRECT_URI, Browser, auth_params, redeem, redirect_query
 
@@ -281,3 +283,20 @@ def test_users_yaml_post_logout_redirect_uris_are_checked_at_start(tmp_path):
     path.write_text(USERS_YAML % "http://app.example/signed-out")
     with pytest.raises(UsersFileError, match="web-app: post_logout_redirect_uris"):
         load_users_file(path)
+
+
+def test_a_metadata_documents_post_logout_redirect_uris_follow_the_same_rules():
+    """A client identified by its metadata document (CIMD) registers them there, checked
+    alike."""
+    url = "https://app.example/client.json"
+    document = {
+        "client_id": url,
+        "redirect_uris": ["https://app.example/callback"],
+        "post_logout_redirect_uris": ["https://app.example/signed-out"],
+    }
+    metadata = document_metadata(url, document, ["openid"], [])
+    assert metadata["post_logout_redirect_uris"] == ["https://app.example/signed-out"]
+    with pytest.raises(OAuth2Error, match="post_logout_redirect_uris"):
+        document_metadata(
+            url, {**document, "post_logout_redirect_uris": ["http://app.example/"]}, [], []
+        )
