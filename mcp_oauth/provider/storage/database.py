@@ -17,10 +17,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from mcp_oauth.common.sql import create_storage_engine
-from mcp_oauth.provider.storage.group_commit import AFTER_COMMIT, GroupCommitter
+from mcp_oauth.provider.storage.group_commit import GroupCommitter
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 
 Record = TypeVar("Record")
+AFTER_COMMIT = "mcp_oauth_after_commit"
 
 
 def now() -> int:
@@ -91,8 +92,7 @@ class Database:
 
     def grouped(self, job: Callable[[Connection], Record]) -> Record:
         """`job(conn)` in a committed write transaction, returning its result: on SQLite one
-        shared with the other writes waiting meanwhile (group_commit.py), each in its own
-        savepoint; on PostgreSQL a transaction of its own. Only for jobs that are correct
+        shared with the other writes waiting meanwhile (group_commit.py); on PostgreSQL a transaction of its own. Only for jobs that are correct
         whatever else commits with them (they decide single use by their own UPDATEs)."""
         if self._group is None:
             with self.write() as conn:

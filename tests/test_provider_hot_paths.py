@@ -1,0 +1,243 @@
+"""The provider's hot paths (issue 14): introspection and revocation answered by
+token_lookup_endpoints.py, SQLite group commit (storage/group_commit.py) and the client cache
+(storage/clients.py). Real servers over HTTP, real SQLite and PostgreSQL; nothing timed."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+from sqlalchemy import delete, update
+
+from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
+from mcp_oauth.provider.records import IssuedToken, TokenFamily
+from mcp_oauth.provider.storage.clients import ClientStore
+from mcp_oauth.provider.storage.database import Database
+from mcp_oauth.provider.storage.schema import clients, tokens
+from mcp_oauth.provider.storage.store import Store
+from tests.conftest import RS_AUTH
+from tests.oauth_helpers import CLIENT_ID, code_for, redeem
+
+# -- the handlers' RFC answers, on SQLite and PostgreSQL ------------------------------------
+
+
+def _user_tokens(provider, alice) -> dict:
+    code, verifier, params = code_for(alice)
+    extra = {"resource": params["resource"]} if "resource" in params else {}
+    response = redeem(provider.url, code, verifier, **extra)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_introspection_without_a_token_is_invalid_request(provider):
+    response = httpx.post(f"{provider.url}/introspect", data={"tok": "x"}, auth=RS_AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_introspection_with_a_wrong_secret_is_401_with_a_basic_challenge(provider, alice):
+    token = _user_tokens(provider, alice)["access_token"]
+    response = httpx.post(
+        f"{provider.url}/introspect", data={"token": token}, auth=(RS_AUTH[0], "wrong")
+    )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    assert response.headers["www-authenticate"].startswith("Basic ")
+
+
+def test_introspection_answer_is_no_store_and_describes_the_token(provider, alice):
+    token = _user_tokens(provider, alice)["access_token"]
+    response = httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=RS_AUTH)
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    answer = response.json()
+    assert answer["active"] is True and answer["client_id"] == CLIENT_ID
+    assert answer["token_type"] == "Bearer" and answer["iss"] == provider.url
+
+
+def test_a_metadata_document_client_id_at_introspection_is_invalid_client(provider):
+    """Such a client id leaves the event loop (its document would be fetched); this one is
+    refused before any fetch (plain http), as a 4xx."""
+    response = httpx.post(
+        f"{provider.url}/introspect",
+        data={"token": "x"},
+        auth=("http://127.0.0.1:1/client.json", "secret"),
+    )
+    assert response.status_code in (400, 401)
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_a_client_cannot_revoke_another_clients_token(provider, alice):
+    """RFC 7009 §2.1: the token was not issued to the client asking: refused, still active."""
+    token = _user_tokens(provider, alice)["access_token"]
+    response = httpx.post(f"{provider.url}/revoke", data={"token": token}, auth=RS_AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"
+    answer = httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=RS_AUTH)
+    assert answer.json()["active"] is True
+
+
+def test_revoking_an_access_token_makes_it_inactive(provider, alice):
+    token = _user_tokens(provider, alice)["access_token"]
+    response = httpx.post(f"{provider.url}/revoke", data={"token": token, "client_id": CLIENT_ID})
+    assert response.status_code == 200 and response.json() == {}
+    assert response.headers["cache-control"] == "no-store"
+    answer = httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=RS_AUTH)
+    assert answer.json() == {"active": False}
+
+
+def test_revocation_without_a_token_is_invalid_request(provider):
+    response = httpx.post(f"{provider.url}/revoke", data={"client_id": CLIENT_ID})
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+# -- group commit (SQLite) --------------------------------------------------------------------
+
+
+def _wait_until(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.01)
+
+
+def _queued_together(db: Database, jobs: list) -> list:
+    """Run `jobs` from threads so that they all wait in one batch: the test holds the
+    leader's lock until every job is queued. Returns each job's result or exception."""
+    committer = db._group
+    outcomes: list = [None] * len(jobs)
+
+    def call(index: int) -> None:
+        try:
+            outcomes[index] = db.grouped(jobs[index])
+        except Exception as exc:  # what the caller of that job sees
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+    with committer._leader:
+        for thread in threads:
+            thread.start()
+        _wait_until(lambda: len(committer._queue) == len(jobs))
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+def _family_with_refresh_token(store: Store) -> tuple[TokenFamily, str]:
+    family = TokenFamily(client_id=CLIENT_ID, username="alice", scope="read", resource=None)
+    value = new_secret()
+    expires = int(time.time()) + 600
+    store.tokens.save_family(family, [IssuedToken(value, "refresh", expires, "read")])
+    return family, value
+
+
+def test_a_failing_job_takes_nothing_else_from_its_batch(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/group.db")
+    families = [TokenFamily(CLIENT_ID, "alice", "read", None) for _ in range(5)]
+    issued = [IssuedToken(new_secret(), "access", int(time.time()) + 60, "read") for _ in families]
+
+    def saving(index: int):
+        from mcp_oauth.provider.storage.tokens import insert_family
+
+        return lambda conn: insert_family(conn, families[index], [issued[index]])
+
+    def failing(conn):
+        conn.execute(update(tokens).values(scope="tampered"))  # rolled back with the batch
+        raise RuntimeError("this job fails")
+
+    outcomes = _queued_together(store.db, [saving(0), saving(1), failing, saving(2), saving(3)])
+    assert isinstance(outcomes[2], RuntimeError)
+    assert [outcomes[i] for i in (0, 1, 3, 4)] == [None] * 4
+    stored = sqlite3.connect(f"{tmp_path}/group.db").execute("SELECT token_hash, scope FROM tokens")
+    rows = dict(stored.fetchall())
+    assert set(rows) == {secret_hash(issued[i].value) for i in (0, 1, 2, 3)}
+    assert set(rows.values()) == {"read"}
+
+
+def test_one_batch_spends_a_refresh_token_once(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/spend.db")
+    family, value = _family_with_refresh_token(store)
+    old = store.tokens.find(value)
+    successors = [IssuedToken(new_secret(), "refresh", old.expires_at, "read") for _ in range(4)]
+
+    # rotate_refresh_token itself goes through db.grouped: call it from the threads directly.
+    committer = store.db._group
+    outcomes: list = [None] * 4
+
+    def call(index: int) -> None:
+        outcomes[index] = store.tokens.rotate_refresh_token(old, family, [successors[index]])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    with committer._leader:
+        for thread in threads:
+            thread.start()
+        _wait_until(lambda: len(committer._queue) == 4)
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == [False, False, False, True]
+    stored = [store.tokens.find(token.value) for token in successors]
+    assert sum(token is not None for token in stored) == 1
+
+
+def test_a_grouped_write_is_committed_when_it_returns(tmp_path):
+    """Durability is not traded: once save_family returns, another connection (as another
+    process would) reads the token from the file."""
+    store = Store(f"sqlite:///{tmp_path}/durable.db")
+    family, value = _family_with_refresh_token(store)
+    with sqlite3.connect(f"{tmp_path}/durable.db") as other:
+        row = other.execute(
+            "SELECT grant_id FROM tokens WHERE token_hash = ?", (secret_hash(value),)
+        ).fetchone()
+    assert row == (family.family_id,)
+
+
+# -- the client cache: a bounded, documented delay for other replicas' changes ---------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_database")
+    return f"sqlite:///{tmp_path}/clients.db"
+
+
+def _client_id() -> str:
+    return f"client-{new_secret()[:12]}"
+
+
+def test_a_secret_changed_by_another_replica_is_honoured_within_the_cache_time(database_url):
+    bound = 1.0
+    here, there = (ClientStore(Database(database_url), cache_seconds=bound) for _ in range(2))
+    client_id, old, new = _client_id(), new_secret(), new_secret()
+    here.save(client_id, old, {"token_endpoint_auth_method": "client_secret_basic"})
+    assert here.get(client_id).check_client_secret(old)  # now cached here
+    there.save(client_id, new, {"token_endpoint_auth_method": "client_secret_basic"})
+    _wait_until(lambda: here.get(client_id).check_client_secret(new), seconds=bound + 30)
+    assert not here.get(client_id).check_client_secret(old)
+
+
+def test_a_client_deleted_elsewhere_is_gone_within_the_cache_time(database_url):
+    bound = 1.0
+    db = Database(database_url)
+    here = ClientStore(db, cache_seconds=bound)
+    client_id, secret = _client_id(), new_secret()
+    here.save(client_id, secret, {"token_endpoint_auth_method": "client_secret_basic"})
+    assert here.get(client_id) is not None
+    with db.write() as conn:  # as the janitor (or another replica's janitor) deletes one
+        conn.execute(delete(clients).where(clients.c.client_id == client_id))
+    _wait_until(lambda: here.get(client_id) is None, seconds=bound + 30)
+
+
+def test_a_change_made_here_is_honoured_at_once(database_url):
+    here = ClientStore(Database(database_url), cache_seconds=3600)
+    client_id, old, new = _client_id(), new_secret(), new_secret()
+    here.save(client_id, old, {"token_endpoint_auth_method": "client_secret_basic"})
+    assert here.get(client_id).check_client_secret(old)
+    here.save(client_id, new, {"token_endpoint_auth_method": "client_secret_basic"})
+    assert here.get(client_id).check_client_secret(new)
+    assert not here.get(client_id).check_client_secret(old)
