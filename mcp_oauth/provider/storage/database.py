@@ -92,8 +92,9 @@ class Database:
 
     def grouped(self, job: Callable[[Connection], Record]) -> Record:
         """`job(conn)` in a committed write transaction, returning its result: on SQLite one
-        shared with the other writes waiting meanwhile (group_commit.py); on PostgreSQL a transaction of its own. Only for jobs that are correct
-        whatever else commits with them (they decide single use by their own UPDATEs)."""
+        shared with the other writes waiting meanwhile (group_commit.py); on PostgreSQL a
+        transaction of its own. Only for jobs that are correct whatever else commits with
+        them (they decide single use by their own UPDATEs)."""
         if self._group is None:
             with self.write() as conn:
                 return job(conn)

@@ -88,7 +88,7 @@ class GroupCommitter:
             for job in batch:
                 self._finish(job, False, exc)
             return
-        for job, result in zip(batch, results):
+        for job, result in zip(batch, results, strict=True):
             self._finish(job, True, result)
 
     def _alone(self, job: _Job) -> None:

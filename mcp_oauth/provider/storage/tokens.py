@@ -28,14 +28,34 @@ from mcp_oauth.provider.storage.refresh_replies import RefreshReplies
 from mcp_oauth.provider.storage.schema import token_exchanges, token_families, tokens
 from mcp_oauth.provider.storage.security_events import SecurityEvents
 
-# Built once: the hot lookup (introspection, revocation, refresh) only binds the hash, and
-# SQLAlchemy's compiled cache keys it by this one statement object.
+# The hot statements are built once and only bind their values per request: building a
+# statement and its cache key costs several times what SQLite then takes to run it, and
+# SQLAlchemy's compiled cache finds the same statement object at once.
 FIND_TOKEN = (
     select(tokens, token_exchanges.c.subject_hash, token_exchanges.c.actors.label("actor_chain"))
     .outerjoin(token_exchanges, token_exchanges.c.token_hash == tokens.c.token_hash)
     .where(tokens.c.token_hash == bindparam("token_hash"))
 )
 FIND_TOKEN_OF_KIND = FIND_TOKEN.where(tokens.c.kind == bindparam("kind"))
+INSERT_FAMILY = insert(token_families)
+INSERT_TOKENS = insert(tokens)
+# Locks the family row (a no-op UPDATE) unless the family is revoked: see _lock_family.
+LOCK_FAMILY = (
+    update(token_families)
+    .where(token_families.c.grant_id == bindparam("family"), token_families.c.revoked_at.is_(None))
+    .values(scope=token_families.c.scope)
+)
+# Spends a refresh token: matches only while it is neither spent nor revoked, so of two
+# transactions spending it, one wins (single use decided by the database).
+SPEND_TOKEN = (
+    update(tokens)
+    .where(
+        tokens.c.token_hash == bindparam("spent"),
+        tokens.c.used_at.is_(None),
+        tokens.c.revoked_at.is_(None),
+    )
+    .values(used_at=bindparam("at"))
+)
 
 
 def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToken]) -> None:
@@ -43,9 +63,8 @@ def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToke
     or a device code and storing what it bought commit together)."""
     issued_at = now()
     conn.execute(
-        insert(token_families).values(
-            **columns_from_record(family, family_id="grant_id"), created_at=issued_at
-        )
+        INSERT_FAMILY,
+        {**columns_from_record(family, family_id="grant_id"), "created_at": issued_at},
     )
     _insert_tokens(conn, family, issued, issued_at)
 
@@ -54,7 +73,7 @@ def _insert_tokens(
     conn: Connection, family: TokenFamily, issued: list[IssuedToken], issued_at: int
 ) -> None:
     conn.execute(
-        insert(tokens),
+        INSERT_TOKENS,
         [
             {
                 "token_hash": secret_hash(token.value),
@@ -77,13 +96,7 @@ def _lock_family(conn: Connection, family_id: str) -> bool:
     """Lock the family row for this transaction; False if the family is revoked. Whatever
     adds tokens to a family or revokes them takes this lock first, so a revocation either
     happens before (and the addition fails) or after (and also revokes what was added)."""
-    return bool(
-        conn.execute(
-            update(token_families)
-            .where(token_families.c.grant_id == family_id, token_families.c.revoked_at.is_(None))
-            .values(scope=token_families.c.scope)
-        ).rowcount
-    )
+    return bool(conn.execute(LOCK_FAMILY, {"family": family_id}).rowcount)
 
 
 def _with_exchanged_descendants(conn: Connection, token_hash: str) -> set[str]:
@@ -215,15 +228,7 @@ class TokenStore:
         def rotate(conn: Connection) -> bool:
             if not _lock_family(conn, old.family_id):
                 return False
-            spent = conn.execute(
-                update(tokens)
-                .where(
-                    tokens.c.token_hash == old.token_hash,
-                    tokens.c.used_at.is_(None),
-                    tokens.c.revoked_at.is_(None),
-                )
-                .values(used_at=now())
-            ).rowcount
+            spent = conn.execute(SPEND_TOKEN, {"spent": old.token_hash, "at": now()}).rowcount
             if not spent:
                 return False
             _insert_tokens(conn, family, issued, now())
