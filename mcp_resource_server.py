@@ -132,6 +132,7 @@ async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
             receiving.cancel()
             await asyncio.gather(receiving, return_exceptions=True)
         log.info("Token verifier counters at shutdown: %s", verifier.metrics())
+        await provider.aclose()
         await http.aclose()
 
 
@@ -341,7 +342,9 @@ def main() -> None:
     log.info("MCP endpoint %s, authorization server %s", settings.server_url, settings.provider_url)
     # No access log: a line per request costs CPU on the hot path; the server logs what matters.
     config = uvicorn.Config(create_app(), host=args.host, port=args.port, access_log=False)
-    asyncio.run(serve(config))
+    # uvicorn's own loop choice (uvloop when installed), as `uvicorn.run` would make it.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(serve(config))
 
 
 if __name__ == "__main__":

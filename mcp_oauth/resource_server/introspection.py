@@ -149,11 +149,9 @@ class IntrospectionVerifier(CheckingVerifier):
                 entry = self._accepted[key] = _Entry(verified, "", lifetime)
             else:
                 entry = self._refused[key] = _Entry(None, reason, self.refusal_ttl)
-            log.info(
-                "Introspected a token: %s; counters %s",
-                "accepted" if reason is None else "refused",
-                self.metrics(),
-            )
+            if log.isEnabledFor(logging.DEBUG):  # not per miss at INFO: a line costs CPU
+                outcome = "accepted" if reason is None else "refused"
+                log.debug("Introspected a token: %s; counters %s", outcome, self.metrics())
             return entry
         finally:
             del self._inflight[key]

@@ -14,19 +14,22 @@ outage costs callers nothing but a 503 with Retry-After instead of a pile of tim
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
 from mcp_oauth.common.oauth_errors import oauth_error, refusal_reason
 from mcp_oauth.common.text import printable
 from mcp_oauth.resource_server.fastmcp_internals import metadata_discovery_urls
+from mcp_oauth.resource_server.form_poster import Answer, ExchangeFailed, FormPoster
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,23 @@ def introspection_outage(status: int, error: str | None) -> str:
     return f"introspection answered {said}; check the provider's introspection_endpoint"
 
 
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """The `Authorization` value for client_secret_basic: RFC 6749 §2.3.1 form-urlencodes both
+    parts before the Basic encoding (RFC 7617)."""
+    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def proxied(url: str) -> bool:
+    """Whether the environment sends requests to `url` through a proxy (as httpx honours
+    HTTP(S)_PROXY and NO_PROXY): such calls stay on httpx, which speaks to proxies."""
+    proxies = urllib.request.getproxies()
+    parts = urlsplit(url)
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 @dataclass(frozen=True)
 class ProviderMetadata:
     """The provider's metadata document, and the parts of it this resource server uses.
@@ -116,6 +136,14 @@ class ProviderMetadata:
             admin_revoke_user_endpoint=url("admin_revoke_user_endpoint")
             or f"{base}/admin/revoke-user",
         )
+
+
+def introspection_endpoint(metadata: ProviderMetadata) -> str:
+    """Where to introspect; the verifier choice makes sure there is such an endpoint, and none
+    is ever guessed."""
+    if metadata.introspection_endpoint is None:
+        raise ProviderUnavailable(f"{metadata.issuer} has no introspection_endpoint", 30)
+    return metadata.introspection_endpoint
 
 
 class Backoff:
@@ -169,11 +197,11 @@ class Provider:
         """Where the metadata document is, when not at a well-known URL of the issuer."""
         self.http = http
         self._credentials = {"client_id": client_id, "client_secret": client_secret}
-        # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
-        self._auth = httpx.BasicAuth(quote(client_id, safe=""), quote(client_secret, safe=""))
+        self._authorization = {"Authorization": basic_authorization(client_id, client_secret)}
         self._backoff = backoff or Backoff()
         self._metadata: ProviderMetadata | None = None
         self._discovering = asyncio.Lock()
+        self._introspection_poster: FormPoster | None = None  # see _poster
 
     async def metadata(self) -> ProviderMetadata:
         """The provider's metadata, discovered on first need and kept once found."""
@@ -211,8 +239,18 @@ class Provider:
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 answer for `token`; raises IntrospectionRefused when the provider refuses
-        to look at that token, ProviderUnavailable for anything else rather than guess."""
-        return self._json_object(await self.introspection_response(token))
+        to look at that token, ProviderUnavailable for anything else rather than guess.
+        The cache-miss path: sent by the lean keep-alive client (form_poster.py)."""
+        metadata = await self.metadata()
+        poster = self._poster(introspection_endpoint(metadata))
+        if poster is None:
+            response = await self.introspection_response(token)
+            return self._json_object(response, response.request.url)
+        form = urlencode({"token": token, "token_type_hint": "access_token"}).encode()
+        answer = await self._post(poster, form)
+        if answer.status != 200:
+            raise self._introspection_refusal(metadata, answer.status, answer)
+        return self._json_object(answer, poster.url)
 
     async def introspection_response(
         self, token: str, accept: str = "application/json"
@@ -220,21 +258,25 @@ class Provider:
         """The provider's 200 answer about `token`, in the media type asked for (RFC 9701 §4:
         application/token-introspection+jwt for a signed one); raises as `introspect` does."""
         metadata = await self.metadata()
-        endpoint = metadata.introspection_endpoint
-        if endpoint is None:  # the verifier choice prevents this; never guess an endpoint
-            raise ProviderUnavailable(f"{metadata.issuer} has no introspection_endpoint", 30)
+        endpoint = introspection_endpoint(metadata)
         data = {"token": token, "token_type_hint": "access_token"}
         response = await self._send("POST", endpoint, data=data, headers={"Accept": accept})
         if response.status_code == 200:
             return response
+        raise self._introspection_refusal(metadata, response.status_code, response)
+
+    def _introspection_refusal(
+        self, metadata: ProviderMetadata, status: int, response: Answer | httpx.Response
+    ) -> ProviderError:
+        """What a non-200 introspection answer means: the token refused, or an outage."""
         error = oauth_error(response)
         code = printable(error[0], 40) if error else None
-        if blames_the_token(response.status_code, code):
+        if blames_the_token(status, code):
             # The provider's description is not repeated: it may quote the token.
-            said = f"HTTP {response.status_code}" + (f" {code}" if code else "")
-            raise IntrospectionRefused(f"{metadata.issuer} would not introspect it ({said})")
+            said = f"HTTP {status}" + (f" {code}" if code else "")
+            return IntrospectionRefused(f"{metadata.issuer} would not introspect it ({said})")
         # Not the token's fault: no client is sent to log in again (that would loop).
-        raise self.unavailable(introspection_outage(response.status_code, code))
+        return self.unavailable(introspection_outage(status, code))
 
     async def token(
         self, form: dict[str, str], *, credentials_in_body: bool = False
@@ -265,17 +307,18 @@ class Provider:
         """A JSON object from a 200, or ProviderError with the provider's own reason
         (RFC 6749 §5.2)."""
         if response.status_code == 200:
-            return self._json_object(response)
+            return self._json_object(response, response.request.url)
         reason = refusal_reason(response) or response.status_code
         raise ProviderError(f"the authorization server refused: {reason}")
 
-    def _json_object(self, response: httpx.Response) -> dict[str, Any]:
+    def _json_object(self, response: Answer | httpx.Response, url: object) -> dict[str, Any]:
+        """The body, decoded once, as a JSON object; else the provider is unavailable."""
         try:
             answer = response.json()
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise self.unavailable(f"{response.request.url} did not answer a JSON object")
+            raise self.unavailable(f"{url} did not answer a JSON object")
         return answer
 
     async def _send(
@@ -285,15 +328,48 @@ class Provider:
         if pause := self._backoff.remaining():
             raise ProviderUnavailable("authorization server recently failed", math.ceil(pause))
         try:
-            response = await self.http.request(
-                method, url, auth=self._auth if auth else None, **kwargs
-            )
+            if auth:
+                kwargs["headers"] = {**kwargs.get("headers", {}), **self._authorization}
+            response = await self.http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise self.unavailable(f"{method} {url} failed: {exc!r}") from exc
         if response.status_code >= 500:
             raise self.unavailable(f"{method} {url} answered {response.status_code}")
         self._backoff.succeeded()
         return response
+
+    def _poster(self, endpoint: str) -> FormPoster | None:
+        """The keep-alive client for the introspection endpoint, made on first use with this
+        server's credentials and the shared client's timeout; None when a proxy must be used."""
+        poster = self._introspection_poster
+        if poster is None or poster.url != endpoint:
+            if proxied(endpoint):
+                return None
+            headers = {**self._authorization, "Accept": "application/json"}
+            timeout = self.http.timeout.read or 5.0
+            tls = httpx.create_ssl_context() if endpoint.startswith("https:") else None  # as httpx
+            poster = FormPoster(endpoint, headers, timeout=timeout, ssl_context=tls)
+            self._introspection_poster = poster
+        return poster
+
+    async def _post(self, poster: FormPoster, form: bytes) -> Answer:
+        """As _send, for the lean client: refused at once while a failure pause lasts."""
+        if pause := self._backoff.remaining():
+            raise ProviderUnavailable("authorization server recently failed", math.ceil(pause))
+        try:
+            answer = await poster.post(form)
+        except ExchangeFailed as exc:
+            raise self.unavailable(f"POST {poster.url} failed: {exc}") from None
+        if answer.status >= 500:
+            raise self.unavailable(f"POST {poster.url} answered {answer.status}")
+        self._backoff.succeeded()
+        return answer
+
+    async def aclose(self) -> None:
+        """Close the introspection client's idle connections (the shared httpx client is
+        closed by its owner)."""
+        if self._introspection_poster is not None:
+            await self._introspection_poster.aclose()
 
     def unavailable(self, reason: str) -> ProviderUnavailable:
         """ProviderUnavailable for `reason`, logged, after starting the next failure pause."""

@@ -164,17 +164,19 @@ class ChosenVerifier(CheckingVerifier):
     async def check(self, token: str) -> AccessToken:
         """As the chosen verifier's check. Settings that allow no check at all are this
         server's fault, never the client's: logged and answered as unavailable (503)."""
-        try:
-            chosen = await self.choose()
-        except ConfigurationError as exc:
-            log.error("Cannot check bearer tokens: %s", exc)
-            raise ProviderUnavailable(str(exc), 30) from exc
+        chosen = self.chosen
+        if chosen is None:  # only until the first choice: no await per request after it
+            try:
+                chosen = await self.choose()
+            except ConfigurationError as exc:
+                log.error("Cannot check bearer tokens: %s", exc)
+                raise ProviderUnavailable(str(exc), 30) from exc
         if self.revocations is None:
             return await chosen.check(token)
         hashed = token_hash(token)
         if reason := self.revocations.refusal(hashed):
             raise TokenRefused(reason)
-        if (kept := self.kept.get(hashed)) is not None:
+        if self.kept_ttl > 0 and (kept := self.kept.get(hashed)) is not None:  # else empty
             self.kept_hits += 1
             return kept.access_token(token)
         access = await chosen.check(token)
