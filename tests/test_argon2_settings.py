@@ -45,7 +45,8 @@ def run_provider(args: list[str], env: dict[str, str] | None = None, stdin: str 
     ],
 )
 def test_parameters_below_the_floor_are_refused_at_start_in_one_line(args, env, flag):
-    done = run_provider(["--port", "1", *args], env)
+    # A users file that does not exist: without the floor check it would stop at once, rc 1.
+    done = run_provider(["--users", "/nonexistent/users.yaml", *args], env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag} is below the floor")
