@@ -259,7 +259,7 @@ def markdown(run: dict) -> str:
         f"{run['connections']} connections; {m['cpus']} cores shared by servers and load "
         f"generator (load average {m['load_average_at_start']} at start); Python {m['python']}, "
         f"uvicorn on {m['uvicorn_http']} + {m['event_loop']}, node {m['node']}, "
-        f"SQLite {m['sqlite']}, PostgreSQL on 127.0.0.1, {m['argon2']}.",
+        f"SQLite {m['sqlite']}, PostgreSQL {m.get('postgresql') or 'not used'}, {m['argon2']}.",
         "",
         "| scenario | conns | req/s | p50 ms | p99 ms | server CPU ms/req |",
         "|---|--:|--:|--:|--:|--:|",

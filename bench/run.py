@@ -3,7 +3,7 @@
 oidc-provider and bare Starlette / FastMCP baselines measured in the same run.
 
     python bench/run.py            # full run, about ten minutes
-    python bench/run.py --quick    # smoke run, about a minute (numbers only indicative)
+    python bench/run.py --quick    # smoke run, about two minutes (numbers only indicative)
 
 Every server is a subprocess on a free loopback port; load comes from bench/loadgen.py in
 another process, which shares the machine's cores with the servers. The scenarios that are
@@ -39,7 +39,7 @@ from bench.scenarios import (  # noqa: E402
     login_scenario,
     revocation_delay,
 )
-from bench.servers import DATABASES, start_servers  # noqa: E402
+from bench.servers import start_servers  # noqa: E402
 
 
 def postgres_urls(exits: ExitStack, wanted: bool, notes: list[str]) -> list[str]:
@@ -65,7 +65,7 @@ def record_durability(bench: Bench, databases: dict[str, str], stored_before: di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run, about a minute")
+    parser.add_argument("--quick", action="store_true", help="smoke run, about two minutes")
     parser.add_argument("--connections", type=int, default=16, help="default 16")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (full 4, quick 1)")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     with tempfile.TemporaryDirectory(prefix="mcp-oauth-bench-") as tmp, ExitStack() as exits:
         postgres = postgres_urls(exits, not args.no_postgres, bench.notes)
+        info["postgresql"] = "127.0.0.1:5432" if postgres else None
         phase(f"starting servers in {tmp}")
         servers = start_servers(exits, Path(tmp), ttl, bench.notes, postgres)
         phase("preparing tokens")
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['label']}: {result['errors']} errors {result['worker_failures']}, "
                 f"first: {result['first_error'][:200]!r}; its figures are not valid"
             )
-    if "postgresql" not in databases:
-        bench.notes.append(f"targets for {DATABASES['postgresql']} skipped: no database")
     bench.notes.append(
         "oidc-provider's refresh is not measured: the peer's clients are client_credentials "
         "only (a code client would need its interaction pages driven); the refresh goal is "
