@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         record_durability(bench, databases, before)
         phase("single runs")
         bench.once(login_scenario(servers, max(3.0, duration * 2)))
+        bench.once(login_scenario(servers, max(3.0, duration * 2), floor=True))
         concurrent_first_calls(bench, servers)
         revocation_delay(bench, servers, ttl)
     argon2_cost(bench, 3 if args.quick else 9)

@@ -137,10 +137,11 @@ def refresh_scenario(servers: Servers, key: str, connections: int) -> Scenario:
     return Scenario(f"refresh:{key}", label, provider.url, [provider.proc.pid], spec, seeds)
 
 
-def login_scenario(servers: Servers, duration: float) -> Scenario:
-    """A new browser each time: GET the login page, POST username and password (argon2)."""
+def login_scenario(servers: Servers, duration: float, floor: bool = False) -> Scenario:
+    """A new browser each time: GET the login page, POST username and password (argon2id,
+    at users.yaml's parameters, or at the floor)."""
     _, params = stack.authorize_params(servers.urls["cached"])
-    provider = servers.providers["sqlite"]
+    provider = servers.floor_provider if floor else servers.providers["sqlite"]
     spec = {
         "mode": "login",
         "connections": 4,
@@ -151,9 +152,9 @@ def login_scenario(servers: Servers, duration: float) -> Scenario:
         "username": stack.USER,
         "password": stack.PASSWORD,
     }
-    return Scenario(
-        "login", "provider: password logins (login form)", provider.url, [provider.proc.pid], spec
-    )
+    name, label = ("login_floor", ", argon2id at the floor") if floor else ("login", "")
+    label = f"provider: password logins (login form){label}"
+    return Scenario(name, label, provider.url, [provider.proc.pid], spec)
 
 
 def rs_metrics(mcp_url: str) -> dict:

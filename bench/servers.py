@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench import stack
 from bench.measure import ROOT
+from mcp_oauth.provider.passwords import FLOOR
 from tests.support import ServerProcess, free_port
 
 DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
@@ -27,6 +28,7 @@ class Servers:
     rs: dict[str, ServerProcess]  # "cached", "uncached", "uncached_postgresql", "jwt"
     rs_provider: dict[str, ServerProcess]  # the provider each RS mode trusts
     urls: dict[str, str]  # each RS mode's MCP URL
+    floor_provider: ServerProcess  # SQLite, argon2id at the floor (alice's hash too)
 
     @property
     def databases(self) -> list[str]:
@@ -87,7 +89,9 @@ def start_servers(
         )
         for mode, issuer in rs_provider.items()
     }
+    floor_provider = stack.provider(tmp, [urls["cached"]], name="floor", extra_args=floor_args(tmp))
     processes = {
+        "provider_floor": floor_provider,
         "bare_starlette": stack.bench_script(tmp, "bare_starlette.py", "/"),
         "bare_mcp": stack.bench_script(tmp, "bare_mcp.py", "/ready"),
         **{f"provider_{name}": p for name, p in ours.items()},
@@ -116,4 +120,15 @@ def start_servers(
         resource_servers,
         rs_provider,
         urls,
+        floor_provider,
     )
+
+
+def floor_args(tmp: Path) -> tuple[str, ...]:
+    """The provider's flags for argon2id at the floor, with a users file hashed so."""
+    return (
+        "--users", str(stack.users_file_at(tmp, FLOOR)),
+        "--argon2-memory-kib", str(FLOOR.memory_kib),
+        "--argon2-time-cost", str(FLOOR.time_cost),
+        "--argon2-parallelism", str(FLOOR.parallelism),
+    )  # fmt: skip

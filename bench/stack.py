@@ -40,6 +40,7 @@ def provider(
     database_url: str | None = None,
     workers: int = 1,
     name: str = "",
+    extra_args: tuple[str, ...] = (),
 ) -> ServerProcess:
     """Our authorization server (SQLite in `tmp` unless `database_url`), `workers` processes;
     `.url` and `.database_url` set for the caller."""
@@ -50,7 +51,7 @@ def provider(
     process = ServerProcess(
         ["oauth_provider.py", "--host", "127.0.0.1", "--port", str(port), "--issuer", url]
         + ["--database-url", database_url, "--log-level", "warning"]
-        + ["--access-token-format", token_format, "--workers", str(workers)],
+        + ["--access-token-format", token_format, "--workers", str(workers), *extra_args],
         {"MCP_RS_CLIENT_SECRET": RS_SECRET, "OAUTH_RESOURCES": ",".join(resources)},
         f"{url}/.well-known/oauth-authorization-server",
         tmp / f"provider-{name}-{port}.log",
@@ -58,6 +59,18 @@ def provider(
     process.url, process.database_url = url, database_url  # type: ignore[attr-defined]
     process.workers = workers  # type: ignore[attr-defined]
     return process
+
+
+def users_file_at(tmp: Path, parameters) -> Path:
+    """users.yaml with alice's password hashed at `parameters` (an Argon2Parameters): to sign
+    in at those parameters (a stored hash is verified with its own)."""
+    import yaml
+
+    users = yaml.safe_load((ROOT / "users.yaml").read_text())
+    users["users"][USER]["password_hash"] = parameters.hasher().hash(PASSWORD)
+    path = tmp / f"users-m{parameters.memory_kib}.yaml"
+    path.write_text(yaml.safe_dump(users, sort_keys=False))
+    return path
 
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
