@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mcp_oauth.common.sql import create_storage_engine
 from mcp_oauth.provider.storage.group_commit import GroupCommitter
+from mcp_oauth.provider.storage.loop_reader import LoopReader
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 
 Record = TypeVar("Record")
@@ -31,7 +32,7 @@ def now() -> int:
 def record_from_row(record_type: type[Record], row: Any, **columns: str) -> Record:
     """A record dataclass from a table row: each field from the column of its name, or from
     the column `columns` names for it (where the table's name predates the code's word)."""
-    values = row._mapping
+    values = getattr(row, "_mapping", row)  # a Row, or a dict from LoopReader
     return record_type(
         **{
             field.name: values[columns.get(field.name, field.name)]
@@ -70,6 +71,7 @@ class Database:
         # so the hot endpoints run them on the event loop; PostgreSQL reads cross the network.
         self.reads_inline = sqlite
         self._group = GroupCommitter(self.write) if sqlite else None
+        self._loop_reader = LoopReader(self.engine) if sqlite else None
         with self.write() as conn:
             if conn.dialect.name == "postgresql":
                 # Replicas starting together on an empty database: one creates the tables.
@@ -89,6 +91,15 @@ class Database:
                 yield conn
             for callback in conn.info.pop(AFTER_COMMIT, []):
                 callback()
+
+    def read_first(self, statement, params: dict[str, Any]) -> Any:
+        """The first row of a prebuilt single-statement read (a Row, or a dict by column
+        name), None if there is none: on SQLite's event-loop thread through LoopReader,
+        elsewhere through a pooled connection."""
+        if self._loop_reader is not None and self._loop_reader.applies():
+            return self._loop_reader.first(statement, params)
+        with self.engine.connect() as conn:
+            return conn.execute(statement, params).first()
 
     def grouped(self, job: Callable[[Connection], Record]) -> Record:
         """`job(conn)` in a committed write transaction, returning its result: on SQLite one

@@ -201,8 +201,7 @@ class TokenStore:
         """The token stored under the hash of `value` (one indexed read; on SQLite cheap
         enough for the event loop, see Database.reads_inline)."""
         params = {"token_hash": secret_hash(value), "kind": kind}
-        with self.db.engine.connect() as conn:
-            row = conn.execute(FIND_TOKEN_OF_KIND if kind else FIND_TOKEN, params).first()
+        row = self.db.read_first(FIND_TOKEN_OF_KIND if kind else FIND_TOKEN, params)
         if row is None:
             return None
         return record_from_row(TokenRecord, row, family_id="grant_id")
