@@ -224,7 +224,7 @@ def test_chunked_and_close_delimited_answers_are_read_whole():
     "answer",
     [
         b"garbage\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2000002\r\n\r\n{}" + b" " * 2_000_000,
         b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"active":true}',  # cut short
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
