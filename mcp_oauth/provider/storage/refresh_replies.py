@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwe
 from joserfc.jwk import OctKey
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import and_, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
@@ -26,6 +26,14 @@ from mcp_oauth.provider.storage.database import Database, now
 from mcp_oauth.provider.storage.schema import refresh_replies, token_families, tokens
 
 SEALING = {"alg": "dir", "enc": "A256GCM"}
+
+
+# Built once, bound per rotation (as storage/tokens.py's hot statements): building them per
+# request cost ~17 % of a rotating refresh's CPU.
+FORGET_REPLY = delete(refresh_replies).where(
+    refresh_replies.c.successor_hash == bindparam("bought")
+)
+KEEP_REPLY = insert(refresh_replies)
 
 
 class RefreshReplies:
@@ -49,19 +57,18 @@ class RefreshReplies:
         """Inside the rotation's transaction: keep the sealed answer for `grace` seconds, and
         forget the reply that bought the presented token (once a refresh token is spent, the
         one before it can no longer be retried)."""
-        conn.execute(
-            delete(refresh_replies).where(refresh_replies.c.successor_hash == presented_hash)
-        )
+        conn.execute(FORGET_REPLY, {"bought": presented_hash})
         stamp = now()
         conn.execute(
-            insert(refresh_replies).values(
-                token_hash=presented_hash,
-                successor_hash=secret_hash(answer["refresh_token"]),
-                client_id=client_id,
-                sealed=sealed,
-                created_at=stamp,
-                expires_at=stamp + grace,
-            )
+            KEEP_REPLY,
+            {
+                "token_hash": presented_hash,
+                "successor_hash": secret_hash(answer["refresh_token"]),
+                "client_id": client_id,
+                "sealed": sealed,
+                "created_at": stamp,
+                "expires_at": stamp + grace,
+            },
         )
 
     def replay(self, refresh_token: str, client_id: str) -> dict | None:
