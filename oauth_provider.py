@@ -19,7 +19,6 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
 from authlib.oauth2.rfc7591 import ClientMetadataClaims
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
@@ -61,7 +60,8 @@ from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
 from mcp_oauth.provider.identity import OpenIDCode, OpenIDRefresh
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
-from mcp_oauth.provider.passwords import print_password_hash
+from mcp_oauth.provider.passwords import print_password_hash, report_stale_hashes
+from mcp_oauth.provider.serving import prepare_process, serve
 from mcp_oauth.provider.settings import parse_settings
 from mcp_oauth.provider.sign_in import SignIn
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
@@ -230,6 +230,7 @@ def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[Ba
 
 def build_app(settings: argparse.Namespace) -> Starlette:
     users = load_users(settings)
+    report_stale_hashes({name: a.password_hash for name, a in users.accounts.items()})
     store = open_store(settings, users)
     server = authorization_server(settings, users, store, token_minter(settings, store))
     app_routes = routes(server, settings)
@@ -273,12 +274,10 @@ def background_tasks(settings: argparse.Namespace, store: Store):
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["hash-password"]:
-        print_password_hash()
+        print_password_hash(parse_settings(argv[1:]).argon2)  # --argon2-… flags apply
         return
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    prepare_process(settings)  # logging, and the argon2 parameters (passwords.py)
     if settings.database_url.startswith("sqlite:///"):
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
             parents=True, exist_ok=True
@@ -290,20 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     if settings.cimd_allow_loopback:
         log.warning("client metadata documents may live on loopback addresses: development only")
     log.info(
-        "issuer %s, storage %s, access tokens %s",
+        "issuer %s, storage %s, access tokens %s, %d worker(s)",
         settings.issuer,
         settings.database_url.split("://")[0],
         settings.access_token_format,
+        settings.workers,
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=2,  # open event polls end rather than hold a stop up
-    )
+    serve(settings, app, "oauth_provider:build_app", argv)  # --workers: serving.py
 
 
 if __name__ == "__main__":
