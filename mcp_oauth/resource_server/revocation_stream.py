@@ -24,13 +24,17 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
 from mcp_oauth.common.security_events import POLL_DELIVERY, SSF_CONFIGURATION_PATH
 from mcp_oauth.resource_server.key_set import KeySetCache
-from mcp_oauth.resource_server.provider_discovery import Provider, ProviderError
+from mcp_oauth.resource_server.provider_discovery import (
+    Provider,
+    ProviderError,
+    basic_authorization,
+)
 from mcp_oauth.resource_server.revocations import Revocations, Revoked
 from mcp_oauth.resource_server.security_event_checks import (
     SetRefused,
@@ -75,7 +79,7 @@ class RevocationStream:
         self.provider = provider
         self.http = provider.http
         self.client_id = client_id
-        self._auth = httpx.BasicAuth(quote(client_id, safe=""), quote(client_secret, safe=""))
+        self._authorization = {"Authorization": basic_authorization(client_id, client_secret)}
         self.revocations = revocations
         self._fall_back = fall_back
         self._healthy = healthy
@@ -141,7 +145,7 @@ class RevocationStream:
         created = await self.http.post(
             configuration["configuration_endpoint"],
             json={"delivery": {"method": POLL_DELIVERY}},
-            auth=self._auth,
+            headers=self._authorization,
         )
         if created.status_code != 201:
             raise ProviderError(f"stream creation answered {created.status_code}")
@@ -168,7 +172,7 @@ class RevocationStream:
             await self.http.delete(
                 configuration["configuration_endpoint"],
                 params={"stream_id": str(stream_id)},
-                auth=self._auth,
+                headers=self._authorization,
             )
         except Exception:  # noqa: BLE001 - best effort: the janitor deletes unpolled streams
             log.debug("Could not delete event stream %s", stream_id)
@@ -179,7 +183,9 @@ class RevocationStream:
         body = {"ack": acks, "maxEvents": 100, "returnImmediately": at_once}
         if errors:
             body["setErrs"] = errors
-        response = await self.http.post(endpoint, json=body, auth=self._auth, timeout=POLL_TIMEOUT)
+        response = await self.http.post(
+            endpoint, json=body, headers=self._authorization, timeout=POLL_TIMEOUT
+        )
         if response.status_code in (404, 409):
             raise StreamLost(f"the poll answered {response.status_code}")
         if response.status_code != 200:
