@@ -9,7 +9,8 @@ A stream is one receiver's position in the log: every event up to `position` is 
 (RFC 8936 §2.4). Positions are numbers because `seq` only grows, and events become visible in
 `seq` order: on PostgreSQL appenders take an advisory lock held until they commit, so no event
 can appear behind a position a stream already passed. Appending rings the doorbell once the
-transaction committed, and on PostgreSQL sends NOTIFY to every replica (event_wakeups.py).
+transaction committed; other processes learn of it from PostgreSQL's NOTIFY, or on SQLite
+from the file's data_version (event_wakeups.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import itertools
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +36,19 @@ APPEND_LOCK = 7262003  # PostgreSQL advisory lock id: events become visible in s
 class Doorbell:
     """Wakes the long polls of this process when an event may have been appended: rung from
     any thread, waited on in the event loop. `generation` is read before looking at the log,
-    so a ring between the look and the wait is never missed."""
+    so a ring between the look and the wait is never missed. `on_wait`, if set, is called in
+    the loop whenever a poll starts waiting (event_wakeups.py watches other processes then)."""
 
     def __init__(self) -> None:
         self._rings = itertools.count(1)
         self.generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Future[None]] = set()
+        self.on_wait: Callable[[], None] | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
 
     def ring(self) -> None:
         self.generation = next(self._rings)
@@ -60,6 +68,8 @@ class Doorbell:
             return
         waiter = self._loop.create_future()
         self._waiters.add(waiter)
+        if self.on_wait is not None:
+            self.on_wait()
         try:
             await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
