@@ -166,7 +166,11 @@ def authorization_server(
 # -- routes: a route named like an RFC 8414 metadata key gives that key's URL -----------------
 
 
-def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[BaseRoute]:
+def routes(
+    server: AuthorizationServer, settings: argparse.Namespace, sessions: list[Middleware]
+) -> list[BaseRoute]:
+    """`sessions` wraps the pages a person's browser uses (they read the session cookie,
+    pages.py); the JSON endpoints, metadata and static files run without it."""
     sign_in = SignIn(server.accounts, server.store.login_throttle, server.store.sessions)
     admin = AdminApi(server)
     userinfo = UserInfoEndpoint(server.store.tokens, server.accounts)
@@ -191,16 +195,18 @@ def routes(server: AuthorizationServer, settings: argparse.Namespace) -> list[Ba
             AuthorizePage(server).serve,
             methods=["GET", "POST"],
             name="authorization_endpoint",
+            middleware=sessions,
         ),
-        Route("/login", sign_in.login, methods=["POST"]),
-        Route("/logout", sign_in.logout, methods=["POST"]),
+        Route("/login", sign_in.login, methods=["POST"], middleware=sessions),
+        Route("/logout", sign_in.logout, methods=["POST"], middleware=sessions),
         Route(
             END_SESSION_PATH,
             EndSessionPage(server, sign_in).serve,
             methods=["GET", "POST"],
             name="end_session_endpoint",
+            middleware=sessions,
         ),
-        Route("/device", DevicePage(server).serve, methods=["GET", "POST"]),
+        Route("/device", DevicePage(server).serve, methods=["GET", "POST"], middleware=sessions),
         Route("/token", server.token_endpoint, methods=["POST"]),
         Route("/introspect", server.introspection_endpoint, methods=["POST"]),
         Route("/revoke", server.revocation_endpoint, methods=["POST"]),
@@ -233,25 +239,30 @@ def build_app(settings: argparse.Namespace) -> Starlette:
     report_stale_hashes({name: a.password_hash for name, a in users.accounts.items()})
     store = open_store(settings, users)
     server = authorization_server(settings, users, store, token_minter(settings, store))
-    app_routes = routes(server, settings)
-    server.metadata = server_metadata(server, app_routes)
     session_secret = store.server_secret("session_secret", new_secret)
+    app_routes = routes(server, settings, page_sessions(settings, session_secret))
+    server.metadata = server_metadata(server, app_routes)
     return Starlette(
         routes=app_routes,
-        middleware=[
-            Middleware(HardeningMiddleware),
-            Middleware(
-                SessionMiddleware,
-                secret_key=session_secret,
-                session_cookie="oauth_session",
-                max_age=SESSION_LIFETIME,
-                same_site="lax",
-                https_only=settings.issuer.startswith("https://"),
-            ),
-        ],
+        middleware=[Middleware(HardeningMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=background_tasks(settings, store),
     )
+
+
+def page_sessions(settings: argparse.Namespace, session_secret: str) -> list[Middleware]:
+    """The signed session cookie of the pages (pages.py): only the routes that read it pay
+    for it; an API call never sets or clears it."""
+    return [
+        Middleware(
+            SessionMiddleware,
+            secret_key=session_secret,
+            session_cookie="oauth_session",
+            max_age=SESSION_LIFETIME,
+            same_site="lax",
+            https_only=settings.issuer.startswith("https://"),
+        )
+    ]
 
 
 def background_tasks(settings: argparse.Namespace, store: Store):

@@ -49,7 +49,62 @@ HTML_HEADERS = [
 ]
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class BodyTooLarge(Exception):
+    """A body passed the limit while the application was reading it."""
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length (RFC 9110 §8.6) when it is stated once, in digits; None
+    otherwise (chunked, absent, or something the server let through that we will not trust)."""
+    found = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if found is not None or not value.isdigit():
+                return None
+            found = int(value)
+    return found
+
+
+def counted(receive: Receive, limit: int) -> Receive:
+    """`receive`, refusing to hand the application more than `limit` bytes in all: the server
+    already holds a declared body to its Content-Length; this keeps the limit ours."""
+    size = 0
+
+    async def receive_counted() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise BodyTooLarge
+        return message
+
+    return receive_counted
+
+
+def secured(headers) -> list:
+    """A response's headers plus nosniff, and on an HTML page the HTML_HEADERS the page did
+    not set itself: one new list, the original left as it was."""
+    result = [*headers]
+    content_type = b""
+    for name, value in result:
+        if name == b"content-type":
+            content_type = value
+    result.append(NOSNIFF)
+    if content_type.startswith(b"text/html"):
+        present = {name.lower() for name, _ in result}
+        result.extend(h for h in HTML_HEADERS if h[0] not in present)
+    return result
+
+
 class HardeningMiddleware:
+    """The body limit and the headers, without holding a declared body: one within the limit
+    streams to the application as it arrives (counted); one declared over it is refused before
+    a byte is read; a chunked one is read under the limit first, as only then is its size known."""
+
     def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES):
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -58,25 +113,34 @@ class HardeningMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await read_body(receive, self.max_body_bytes)
-            if body is None:
+        if scope["method"] in BODY_METHODS:
+            length = declared_length(scope)
+            if length is None:
+                body = await read_body(receive, self.max_body_bytes)
+                if body is None:
+                    await self._too_large(send)
+                    return
+                receive = replay(body, receive)
+            elif length > self.max_body_bytes:
                 await self._too_large(send)
                 return
-            receive = replay(body, receive)
+            else:
+                receive = counted(receive, self.max_body_bytes)
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                content_type = dict(headers).get(b"content-type", b"")
-                if content_type.startswith(b"text/html"):
-                    present = {name.lower() for name, _ in headers}
-                    headers.extend(h for h in HTML_HEADERS if h[0] not in present)
-                message["headers"] = headers
+                started = True
+                message["headers"] = secured(message.get("headers", ()))
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
         body = json.dumps(

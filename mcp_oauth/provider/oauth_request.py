@@ -9,7 +9,7 @@ from collections import defaultdict
 from authlib.oauth2.rfc6749 import JsonPayload, JsonRequest, OAuth2Payload, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from starlette.datastructures import FormData
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from mcp_oauth.provider.checks import check_no_repeated_parameters, check_parameter_values
 
@@ -80,7 +80,7 @@ async def read_json_request(request: Request) -> JsonRequest:
     """A registration request (RFC 7591 §3.1): the body must be one JSON object."""
     try:
         data = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError, ClientDisconnect) as exc:
         raise InvalidRequestError("the body must be a JSON object") from exc
     if not isinstance(data, dict):
         raise InvalidRequestError("the body must be a JSON object")
