@@ -17,7 +17,6 @@ from mcp_oauth.common.scopes import scope_str
 from mcp_oauth.provider.checks import (
     check_registration_size,
     check_scope_known,
-    check_token_parameter,
     requested_resource,
 )
 from mcp_oauth.provider.client_checks import (
@@ -40,12 +39,6 @@ class TokenLookup:
     optional token_type_hint is ignored, as RFC 7009 §2.1 and RFC 7662 §2.1 allow. The
     requests are answered by token_lookup_endpoints.py from these classes' rules
     (CLIENT_AUTH_METHODS, check_permission, introspect_token, revoke_token)."""
-
-    def check_params(self, request, client):
-        check_token_parameter(request.form)
-
-    def query_token(self, token: str, token_type_hint: str | None) -> TokenRecord | None:
-        return self.server.store.tokens.find(token)
 
 
 class Introspection(TokenLookup, IntrospectionEndpoint):
