@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import start_provider
+from tests.peers.process import stop_peer
 from tests.support import free_port
 
 APACHE_DIR = Path(__file__).resolve().parent / "peers" / "apache"
@@ -95,12 +96,7 @@ def apache(oidc_provider):
             wait_until_answering(url, process, root)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_peer(process)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
