@@ -176,9 +176,20 @@ def test_a_hint_issued_to_another_client_is_refused(provider, rp, other_rp):
 
 
 @pytest.mark.parametrize(
-    "hint_kind", ["another issuer", "an access token", "not a JWT", "another key"]
+    "hint_kind",
+    [
+        "another issuer",
+        "an access token",
+        "a security event token",
+        "another type",
+        "no subject",
+        "not a JWT",
+        "another key",
+    ],
 )
 def test_a_hint_that_is_not_our_id_token_is_refused(provider, rp, hint_kind):
+    """The key that signs ID tokens also signs access tokens and Security Event Tokens: only
+    a JWT typed and shaped as an ID token (no typ or "JWT"; sub and aud) is a hint."""
     browser = fresh(provider)
     now = int(time.time())
     claims = {"iss": provider.url, "sub": "alice", "aud": [rp], "iat": now, "exp": now + 60}
@@ -186,6 +197,14 @@ def test_a_hint_that_is_not_our_id_token_is_refused(provider, rp, hint_kind):
         hint = forged(provider, {**claims, "iss": "https://other.example"})
     elif hint_kind == "an access token":  # RFC 9068: same key, typ at+jwt
         hint = forged(provider, {**claims, "client_id": rp, "aud": rp}, typ="at+jwt")
+    elif hint_kind == "a security event token":  # RFC 8417 as event_stream.py signs them
+        event = {"https://schemas.openid.net/secevent/ssf/event-type/verification": {}}
+        set_claims = {"iss": provider.url, "aud": rp, "iat": now, "jti": "j1", "events": event}
+        hint = forged(provider, set_claims, typ="secevent+jwt")
+    elif hint_kind == "another type":  # a future token of this key, even with every claim
+        hint = forged(provider, claims, typ="logout+jwt")
+    elif hint_kind == "no subject":
+        hint = forged(provider, {key: value for key, value in claims.items() if key != "sub"})
     elif hint_kind == "not a JWT":
         hint = "not-a-token"
     else:
@@ -195,6 +214,22 @@ def test_a_hint_that_is_not_our_id_token_is_refused(provider, rp, hint_kind):
     )
     assert response.status_code == 400 and "location" not in response.headers
     assert is_signed_in(browser, rp)
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "jwt"])
+def test_a_hint_typed_as_an_id_token_signs_out(provider, rp, typ):
+    """RFC 7519 §5.1: an ID token's typ is absent or "JWT", in any case."""
+    browser = fresh(provider)
+    now = int(time.time())
+    claims = {"iss": provider.url, "sub": "alice", "aud": [rp], "iat": now, "exp": now + 60}
+    response = browser.http.get(
+        "/end_session",
+        params={"id_token_hint": forged(provider, claims, typ=typ),
+                "post_logout_redirect_uri": SIGNED_OUT_URI},
+    )  # fmt: skip
+    assert response.status_code == 302, response.text
+    assert response.headers["location"] == SIGNED_OUT_URI
+    assert not is_signed_in(browser, rp)
 
 
 def test_a_hint_whose_error_authlib_will_not_echo_is_a_400_page(provider, rp):

@@ -41,19 +41,23 @@ from mcp_oauth.provider.sign_in import SignIn
 
 END_SESSION_PATH = "/end_session"
 FORM_FIELDS = {"csrf_token", "decision"}  # what the confirmation form adds to the request
-ACCESS_TOKEN_JWT_TYPE = "at+jwt"  # RFC 9068 §2.1: our JWT access tokens, signed by the same key
+ID_TOKEN_TYPES = ("", "jwt")  # RFC 7519 §5.1: an ID token carries no typ or "JWT"
 
 
 def check_hint_is_our_id_token(hint: str, claims: dict, issuer_url: str) -> None:
     """RP-Initiated Logout §2: the OP validates that it issued the ID token. The signature
-    (checked by Authlib) is our key's, which also signs JWT access tokens (RFC 9068 `typ`
-    at+jwt), so the hint must be no access token and name this issuer."""
+    (checked by Authlib) is our key's, which also signs JWT access tokens (RFC 9068, typ
+    at+jwt) and Security Event Tokens (RFC 8417, typ secevent+jwt). So an allow list, not a
+    deny list: the hint is typed as an ID token (no typ, or "JWT"), carries the claims every
+    ID token has (OIDC Core §2: sub, aud) and names this issuer."""
     try:
         header = extract_compact(hint.encode()).protected
     except (JoseError, ValueError) as exc:
         raise InvalidRequestError("id_token_hint is not an ID token") from exc
-    if str(header.get("typ", "")).lower() == ACCESS_TOKEN_JWT_TYPE:
-        raise InvalidRequestError("id_token_hint is an access token, not an ID token")
+    if str(header.get("typ", "")).lower() not in ID_TOKEN_TYPES:
+        raise InvalidRequestError("id_token_hint is another kind of token, not an ID token")
+    if "sub" not in claims or "aud" not in claims:
+        raise InvalidRequestError("id_token_hint lacks the sub and aud of an ID token")
     if claims.get("iss") != issuer_url:
         raise InvalidRequestError("id_token_hint was not issued by this provider")
 
