@@ -9,9 +9,11 @@ HTTP/1.1 server on a free port, for the answers a real provider gives only by ac
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from socket import SO_LINGER, SOL_SOCKET
 
 import httpx
 import pytest
@@ -112,6 +114,17 @@ Script = Callable[[int, int], Awaitable[bytes | None]]
 """(request number, connection number) → the raw answer; None closes without one."""
 
 
+async def request_body(reader: asyncio.StreamReader) -> bytes:
+    """The body of the next request on `reader` (the poster always sends Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return await reader.readexactly(length)
+
+
 @dataclass
 class Scripted:
     script: Script
@@ -124,13 +137,7 @@ class Scripted:
         connection = self.connections
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                self.bodies.append(await reader.readexactly(length))
+                self.bodies.append(await request_body(reader))
                 self.requests += 1
                 answer = await self.script(self.requests, connection)
                 if answer is None:
@@ -220,6 +227,85 @@ def test_chunked_and_close_delimited_answers_are_read_whole():
     assert server.connections == 2  # an answer framed by the close ends its connection
 
 
+def test_an_idle_connection_holding_unread_bytes_is_not_reused():
+    """Bytes the server sent unasked after an answer (here a 408 before it closes) must never
+    be read as the next request's answer: that connection is dropped, the next post gets its
+    own answer on a new one."""
+    stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    async def answer_then_stray(number: int, _connection: int) -> bytes:
+        return OK + stray if number == 1 else OK
+
+    server, outcomes = posting(answer_then_stray, 2)
+    assert [getattr(o, "status", o) for o in outcomes] == [200, 200]
+    assert server.connections == 2
+
+
+def answer_about(body: bytes) -> bytes:
+    """An active answer that names the request body it answers."""
+    about = b'{"active":true,"about":"%s"}' % body
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(about), about)
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", ["head-then-late-body", "103-then-late-final-answer"])
+def test_a_connection_left_mid_answer_is_closed_and_the_next_post_gets_its_own_answer(split):
+    """The first answer starts in time, but its rest comes after the poster's deadline: only
+    once a NEXT request arrives on the same connection, so a reused connection shows. After
+    the timeout the pool is empty, and the next post (another token) gets its own answer,
+    never the rest of the first one: that would be response smuggling (token t1 answered
+    with t0's answer) or an outage (t0's body parsed as t1's status line)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                body = await request_body(reader)
+                answer = answer_about(body)
+                if body == b"token=t0":
+                    head, _, rest = answer.partition(b"\r\n\r\n")
+                    early, late = (
+                        (head + b"\r\n\r\n", rest)
+                        if split == "head-then-late-body"
+                        else (EARLY_HINTS, answer)
+                    )
+                    writer.write(early)
+                    await writer.drain()
+                    answer = late + answer_about(await request_body(reader))
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client closed the connection, or the test is over
+        finally:
+            writer.close()
+
+    async def run() -> tuple[int, object]:
+        listening = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        poster = FormPoster(f"http://127.0.0.1:{port}/introspect", {}, timeout=0.5)
+        try:
+            with pytest.raises(ExchangeFailed, match="no answer within"):
+                await poster.post(b"token=t0")  # the rest never comes before the deadline
+            pooled = len(poster._idle)
+            poster.timeout = 30.0  # the second post's deadline is no test of speed
+            try:
+                second: object = await poster.post(b"token=t1")
+            except ExchangeFailed as failed:
+                second = failed
+        finally:
+            await poster.aclose()
+            listening.close()
+        return pooled, second
+
+    pooled, second = asyncio.run(run())
+    assert getattr(second, "body", second) == b'{"active":true,"about":"token=t1"}'
+    assert pooled == 0
+
+
+RESET_MID_ANSWER = b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"act'
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -228,28 +314,70 @@ def test_chunked_and_close_delimited_answers_are_read_whole():
         b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"active":true}',  # cut short
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        RESET_MID_ANSWER,
+        # RFC 9110 §15.2: 101 is no interim answer; an answer after it is not this request's
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n" + OK,
+        # RFC 9112 §7.1: a chunk size is 1*HEXDIG (int(_, 16) would take all of these)
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0xf\r\n{"active":true}\r\n0\r\n\r\n',
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+f\r\n{"active":true}\r\n0\r\n\r\n',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-0\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0_f\r\n{"active":true}\r\n0\r\n\r\n',
+        # RFC 9110 §8.6: Content-Length is 1*DIGIT, once
+        b'HTTP/1.1 200 OK\r\nContent-Length: +15\r\n\r\n{"active":true}',
+        b'HTTP/1.1 200 OK\r\nContent-Length: 1_5\r\n\r\n{"active":true}',
+        b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\nContent-Length: 15\r\n\r\n{"active":true}',
+        b'HTTP/1.1 200 OK\r\nContent-Length: 99\r\nContent-Length: 15\r\n\r\n{"active":true}',
+        # RFC 9112 §6.3: both framings, or a coding other than chunked alone
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'f\r\n{"active":true}\r\n0\r\n\r\n',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b'f\r\n{"active":true}\r\n0\r\n\r\n',
     ],
-    ids=["not-http", "too-large", "cut-short", "bad-chunk", "bad-header"],
+    ids=[
+        "not-http",
+        "too-large",
+        "cut-short",
+        "bad-chunk",
+        "bad-header",
+        "reset-mid-answer",
+        "101-then-answer",
+        "chunk-size-0x",
+        "chunk-size-plus",
+        "chunk-size-negative",
+        "chunk-size-underscore",
+        "content-length-plus",
+        "content-length-underscore",
+        "content-length-twice",
+        "content-length-conflicting",
+        "content-length-and-chunked",
+        "coding-not-chunked-alone",
+    ],
 )
 def test_a_broken_answer_is_an_exchange_failure(answer: bytes):
-    """Whatever the server sends, then closes: never taken for an answer, never a hang."""
+    """Whatever the server sends, then closes (or resets): never taken for an answer, never a
+    hang, and its connection is closed, never pooled for the next request."""
 
-    async def run() -> object:
+    async def run() -> tuple[object, int]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
             await reader.read(100)  # the body
             writer.write(answer)
             await writer.drain()
+            if answer is RESET_MID_ANSWER:  # close with a RST, not a FIN
+                linger = struct.pack("ii", 1, 0)
+                writer.get_extra_info("socket").setsockopt(SOL_SOCKET, SO_LINGER, linger)
             writer.close()
 
         listening = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = listening.sockets[0].getsockname()[1]
         poster = FormPoster(f"http://127.0.0.1:{port}/introspect", {}, timeout=5)
         try:
-            return await poster.post(b"token=t")
+            return await poster.post(b"token=t"), len(poster._idle)
         except ExchangeFailed as failed:
-            return failed
+            return failed, len(poster._idle)
         finally:
             listening.close()
 
-    assert isinstance(asyncio.run(run()), ExchangeFailed)
+    outcome, pooled = asyncio.run(run())
+    assert isinstance(outcome, ExchangeFailed), outcome
+    assert pooled == 0

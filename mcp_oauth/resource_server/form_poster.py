@@ -17,7 +17,14 @@ What it does, and why:
   changes nothing, so asking again is safe. Any other failure is no retry.
 - At most `limit` connections are open at once; more callers wait, within the same deadline.
 - Answers framed by Content-Length or chunked, at most MAX_ANSWER bytes; `Connection: close`
-  or HTTP/1.0 ends the connection after the answer.
+  or HTTP/1.0 ends the connection after the answer. Framing is read strictly (RFC 9112): a
+  malformed chunk size or Content-Length, a repeated Content-Length, or both Content-Length
+  and Transfer-Encoding is a failure, never a guess at where this answer ends and the next one
+  starts. Only 100, 102 and 103 are interim answers.
+- A connection goes back to the pool only after a complete answer was read. One left
+  mid-answer (a timeout, a cancellation, a reset) is closed: the rest of that answer would
+  otherwise be read as the next request's answer, perhaps about another token. An idle
+  connection holding unread bytes is not reused either.
 - Each exchange, including waiting for a connection, has one deadline; a timeout, a reset or a
   malformed answer raises ExchangeFailed (the provider then counts as unavailable).
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import ssl
 import time
@@ -35,6 +43,9 @@ from urllib.parse import urlsplit
 IDLE_SECONDS = 4.0
 MAX_ANSWER = 1 << 20  # an introspection answer is a few hundred bytes
 MAX_HEAD = 64 * 1024
+INTERIM = frozenset({100, 102, 103})  # RFC 9110 §15.2: a final answer follows these
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")  # RFC 9112 §7.1: 1*HEXDIG, bounded
+CONTENT_LENGTH = re.compile(r"[0-9]{1,7}")  # RFC 9110 §8.6: 1*DIGIT, bounded
 
 
 class ExchangeFailed(Exception):
@@ -138,7 +149,7 @@ class FormPoster:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < IDLE_SECONDS and not connection.reader.at_eof():
+            if now - connection.idle_since < IDLE_SECONDS and _quiet(connection.reader):
                 return connection
             connection.close()
         return None
@@ -156,30 +167,21 @@ class FormPoster:
         return _Connection(reader, writer)
 
     async def _on(self, connection: _Connection, request: bytes) -> Answer:
-        """One exchange on `connection`, which goes back to the pool only after a complete,
-        keep-alive answer; closed on anything else (also a timeout or cancellation)."""
+        """One exchange on `connection`. It goes back to the pool only once a complete answer
+        was read (keep is decided once, after the body): a connection left mid-answer by a
+        timeout, a cancellation or a reset would hand the rest of this answer to the next
+        request, possibly another token's."""
         keep = False
         try:
-            connection.writer.write(request)
-            await connection.writer.drain()
-            try:
+            status, headers, reusable = _parse_head(await _first_head(connection, request))
+            while status in INTERIM:
                 head = await connection.reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise ExchangeFailed("the answer's head was cut short") from None
-                raise _Stale from None
-            except (ConnectionResetError, BrokenPipeError):
-                raise _Stale from None
-            status, headers, keep = _parse_head(head)
-            while 100 <= status < 200:  # interim answers (RFC 9110 §15.2): the final follows
-                status, headers, keep = _parse_head(await connection.reader.readuntil(b"\r\n\r\n"))
+                status, headers, reusable = _parse_head(head)
+            _refuse_unexpected_informational(status)
             body, framed = await _read_body(connection.reader, status, headers)
-            keep = keep and framed
+            keep = reusable and framed
             return Answer(status, headers, body)
-        except (ConnectionResetError, BrokenPipeError):
-            raise _Stale from None  # the write found the connection closed
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            keep = False
             raise ExchangeFailed(f"the exchange failed: {exc!r}") from None
         finally:
             if keep:
@@ -189,9 +191,38 @@ class FormPoster:
                 connection.close()
 
 
+def _quiet(reader: asyncio.StreamReader) -> bool:
+    """Whether an idle connection is still open with nothing unread: bytes the server sent
+    unasked (say a 408 before closing) would be taken for the next request's answer."""
+    return not reader.at_eof() and not reader._buffer  # no public view of the buffer
+
+
+async def _first_head(connection: _Connection, request: bytes) -> bytes:
+    """Sends `request`; the first answer head. _Stale when the connection turns out closed
+    before any byte of the answer (the server closed it while it was idle)."""
+    try:
+        connection.writer.write(request)
+        await connection.writer.drain()
+        return await connection.reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ExchangeFailed("the answer's head was cut short") from None
+        raise _Stale from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise _Stale from None
+
+
+def _refuse_unexpected_informational(status: int) -> None:
+    """RFC 9110 §15.2: only 100, 102 and 103 are interim answers a final one follows; a 101
+    (RFC 9110 §15.2.2) would switch protocols, which this client never asks for."""
+    if status < 200:
+        raise ValueError(f"an unexpected {status} answer")
+
+
 def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
     """(status, headers, whether the connection may be kept) of an HTTP/1.x answer head;
-    ValueError when it is not one."""
+    ValueError when it is not one. A field sent twice is combined (RFC 9110 §5.3), so a
+    repeated Content-Length fails its 1*DIGIT check."""
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
@@ -202,34 +233,67 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
             name, colon, value = line.partition(":")
             if not colon:
                 raise ValueError("a header line without a colon")
-            headers[name.strip().lower()] = value.strip()
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
     keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
     return int(rest[:3]), headers, keep
+
+
+def _chunk_size(line: bytes) -> int:
+    """A chunk's size from its size line (RFC 9112 §7.1: 1*HEXDIG, then optional
+    extensions); ValueError for anything else, such as a sign, 0x or a huge number."""
+    digits = line.removesuffix(b"\r\n").split(b";")[0].rstrip(b" \t")
+    if not CHUNK_SIZE.fullmatch(digits):
+        raise ValueError(f"a malformed chunk size {digits[:20]!r}")
+    return int(digits, 16)
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    """The declared body length (RFC 9110 §8.6: 1*DIGIT; a repeated one arrives combined and
+    fails), None without one. Both Content-Length and Transfer-Encoding is an error (RFC 9112
+    §6.3: a sign of response smuggling); so is a coding other than chunked alone, which this
+    client cannot frame."""
+    if "transfer-encoding" in headers:
+        if "content-length" in headers:
+            raise ValueError("both Content-Length and Transfer-Encoding")
+        if headers["transfer-encoding"].lower() != "chunked":
+            raise ValueError(f"transfer coding {headers['transfer-encoding']!r}")
+        return None
+    value = headers.get("content-length")
+    if value is not None and not CONTENT_LENGTH.fullmatch(value):
+        raise ValueError(f"a malformed Content-Length {value[:20]!r}")
+    return None if value is None else int(value)
 
 
 async def _read_body(
     reader: asyncio.StreamReader, status: int, headers: dict[str, str]
 ) -> tuple[bytes, bool]:
-    """The answer's body, and whether its end was framed (else the connection ends with it)."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
+    """The answer's body, and whether its end was framed (else the connection ends with it).
+    A 204 or 304 has none, whatever its fields say (RFC 9112 §6.3)."""
+    if status in (204, 304):
+        return b"", True
+    length = _content_length(headers)
+    if "transfer-encoding" in headers:
         chunks, size = [], 0
         while True:
-            length = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+            length = _chunk_size(await reader.readuntil(b"\r\n"))
             size += length
             if size > MAX_ANSWER:
                 raise ValueError("answer too large")
             if length == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-                    pass
+                while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    size += len(trailer)
+                    if size > MAX_ANSWER:
+                        raise ValueError("answer too large")
                 return b"".join(chunks), True
-            chunks.append((await reader.readexactly(length + 2))[:-2])
-    if "content-length" in headers:
-        length = int(headers["content-length"])
+            chunk = await reader.readexactly(length + 2)
+            if chunk[-2:] != b"\r\n":
+                raise ValueError("a chunk longer than its size")
+            chunks.append(chunk[:-2])
+    if length is not None:
         if not 0 <= length <= MAX_ANSWER:
             raise ValueError("answer too large")
         return await reader.readexactly(length), True
-    if status in (204, 304):
-        return b"", True
     body = await reader.read(MAX_ANSWER + 1)  # framed by the end of the connection
     while len(body) <= MAX_ANSWER and (more := await reader.read(MAX_ANSWER + 1 - len(body))):
         body += more
