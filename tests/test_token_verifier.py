@@ -45,7 +45,8 @@ def answer(**overrides) -> dict:
 
 
 def refused(a: dict) -> str | None:
-    return refusal(a, resource=RESOURCE, issuer=ISSUER, now=NOW)
+    """Why `a`, arriving from our provider (so attributed, as the verifier does), is refused."""
+    return refusal(attributed(a, ISSUER), resource=RESOURCE, issuer=ISSUER, now=NOW)
 
 
 # -- what an introspection answer must say -------------------------------------------------
@@ -82,6 +83,9 @@ def test_an_answer_without_iss_speaks_for_the_provider_that_gave_it():
     assert refused(answer(iss=None)) is None
     assert attributed(answer(iss=None), ISSUER)["iss"] == ISSUER
     assert attributed(answer(iss="http://evil.example"), ISSUER)["iss"] == "http://evil.example"
+    # Attributed once, where the answer arrives: refusal() takes the answer as it comes.
+    unattributed = refusal(answer(iss=None), resource=RESOURCE, issuer=ISSUER, now=NOW)
+    assert unattributed == f"token issuer None is not {ISSUER}"
     # Every other rule still holds for it.
     assert "audience" in refused(answer(iss=None, aud="http://127.0.0.1:8001/mcp"))
     assert refused(answer(iss=None, exp=int(NOW))) == "token expired"

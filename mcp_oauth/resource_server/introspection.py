@@ -57,16 +57,16 @@ def attributed(answer: dict[str, Any], issuer: str) -> dict[str, Any]:
 
 
 def refusal(answer: dict[str, Any], *, resource: str, issuer: str, now: float) -> str | None:
-    """Why an introspection answer (RFC 7662 §2.2), from `issuer`'s own introspection endpoint,
-    does not admit a request to `resource`; None if it does: active, a bearer access token,
-    ours (iss if named, aud) and not expired."""
+    """Why an introspection answer (RFC 7662 §2.2) from `issuer`'s own introspection endpoint,
+    already attributed (attributed(): done once, where the answer arrives), does not admit a
+    request to `resource`; None if it does: active, a bearer access token, ours (iss, aud) and
+    not expired."""
     if answer.get("active") is not True:
         return f"{issuer} reports the token inactive (expired, revoked or unknown)"
     token_type = answer.get("token_type")
     if token_type is not None and str(token_type).lower() != "bearer":
         return f"token_type {token_type!r} is not a bearer access token"
-    claims = attributed(answer, issuer)
-    if reason := claims_refusal(claims, issuers=(issuer,), resources=(resource,)):
+    if reason := claims_refusal(answer, issuers=(issuer,), resources=(resource,)):
         return reason
     exp = answer.get("exp")
     if exp is not None and (not isinstance(exp, int | float) or exp <= now):
