@@ -5,10 +5,9 @@ Several workers are what replicas are, on one machine: every piece of state a re
 on is in the database (clients, codes, tokens, sessions and their key, the signing key, the
 sign-in throttle, the registration limit, revocation events), so a request may reach any
 worker. What each worker keeps for itself is bounded and only a cache: the client cache
-(CLIENT_CACHE_SECONDS), client metadata documents (their HTTP cache lifetime), and the
-doorbell that wakes event polls at once, which on SQLite rings only in the worker that
-appended the event (the others see it at their next look at the log; PostgreSQL's NOTIFY
-reaches them all).
+(CLIENT_CACHE_SECONDS) and client metadata documents (their HTTP cache lifetime). Event polls
+are woken at once whichever worker revoked (event_wakeups.py: NOTIFY on PostgreSQL, the file's
+data_version on SQLite).
 
 uvicorn starts workers as new processes that import the app by name: the parent puts the
 settings' command line and the name of the app builder in the environment, and each worker
