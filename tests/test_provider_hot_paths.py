@@ -10,13 +10,13 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, update
 
 from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
 from mcp_oauth.provider.records import IssuedToken, TokenFamily
 from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database
-from mcp_oauth.provider.storage.schema import clients, tokens
+from mcp_oauth.provider.storage.schema import clients, server_secrets, tokens
 from mcp_oauth.provider.storage.store import Store
 from tests.conftest import RS_AUTH
 from tests.oauth_helpers import CLIENT_ID, code_for, redeem
@@ -106,19 +106,21 @@ def _wait_until(condition, seconds: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def _queued_together(db: Database, jobs: list) -> list:
+def _queued_together(db: Database, jobs: list, then=lambda index, result: result) -> list:
     """Run `jobs` from threads so that they all wait in one batch: the test holds the
-    leader's lock until every job is queued. Returns each job's result or exception."""
+    leader's lock until every job is queued. Returns, for each job, `then(index, result)`
+    as its caller computed it right after `db.grouped` returned, or what the call raised.
+    A caller still waiting after 30 s is reported as "hung"."""
     committer = db._group
-    outcomes: list = [None] * len(jobs)
+    outcomes: list = ["hung"] * len(jobs)
 
     def call(index: int) -> None:
         try:
-            outcomes[index] = db.grouped(jobs[index])
-        except Exception as exc:  # what the caller of that job sees
+            outcomes[index] = then(index, db.grouped(jobs[index]))
+        except BaseException as exc:  # what the caller of that job sees
             outcomes[index] = exc
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(jobs))]
     with committer._leader:
         for thread in threads:
             thread.start()
@@ -185,15 +187,67 @@ def test_one_batch_spends_a_refresh_token_once(tmp_path):
 
 
 def test_a_grouped_write_is_committed_when_it_returns(tmp_path):
-    """Durability is not traded: once save_family returns, another connection (as another
-    process would) reads the token from the file."""
+    """Durability is not traded: each waiting caller of a batch, right after db.grouped
+    returns, reads its row through a fresh connection (as another process would). The last
+    job holds the batch open for a while, so a caller answered before COMMIT would read
+    nothing."""
     store = Store(f"sqlite:///{tmp_path}/durable.db")
-    family, value = _family_with_refresh_token(store)
-    with sqlite3.connect(f"{tmp_path}/durable.db") as other:
-        row = other.execute(
-            "SELECT grant_id FROM tokens WHERE token_hash = ?", (secret_hash(value),)
-        ).fetchone()
-    assert row == (family.family_id,)
+    families = [TokenFamily(CLIENT_ID, "alice", "read", None) for _ in range(4)]
+    issued = [IssuedToken(new_secret(), "access", int(time.time()) + 60, "read") for _ in families]
+    returned, ran = threading.Event(), []
+
+    def saving(index: int):
+        from mcp_oauth.provider.storage.tokens import insert_family
+
+        def job(conn):
+            insert_family(conn, families[index], [issued[index]])
+            ran.append(index)  # the batch runs its jobs one after the other, in one thread
+            if len(ran) == len(families):  # the batch's last job, whichever caller's
+                returned.wait(2.0)  # set only once a caller returned (and read) before COMMIT
+
+        return job
+
+    def read_back(index: int, _result) -> tuple | None:
+        with sqlite3.connect(f"{tmp_path}/durable.db") as other:
+            row = other.execute(
+                "SELECT grant_id FROM tokens WHERE token_hash = ?",
+                (secret_hash(issued[index].value),),
+            ).fetchone()
+        returned.set()  # after the read: a read before COMMIT is not raced by the COMMIT
+        return row
+
+    outcomes = _queued_together(store.db, [saving(i) for i in range(4)], then=read_back)
+    assert outcomes == [(family.family_id,) for family in families]
+
+
+def test_an_exception_that_is_no_error_finishes_every_job_of_its_batch(tmp_path):
+    """A job raising SystemExit (a BaseException) leaves no caller of its batch waiting for
+    ever (each would otherwise loop on empty transactions holding the writer lock)."""
+    store = Store(f"sqlite:///{tmp_path}/exit.db")
+
+    def exiting(conn):
+        raise SystemExit("shutting down")
+
+    outcomes = _queued_together(store.db, [lambda conn: "ok", exiting, lambda conn: "ok"])
+    assert "hung" not in outcomes
+    assert all(isinstance(outcome, SystemExit) for outcome in outcomes)
+    assert store.db.grouped(lambda conn: "after") == "after"  # the committer still works
+
+
+def test_a_failing_after_commit_callback_does_not_fail_a_committed_write(tmp_path):
+    """A callback that raises after COMMIT is logged; the caller gets its result, because
+    its write is committed (reporting it failed would lose, e.g., a rotation's answer)."""
+    store = Store(f"sqlite:///{tmp_path}/after.db")
+
+    def job(conn):
+        conn.execute(insert(server_secrets).values(name="probe", value="kept"))
+        Database.after_commit(conn, lambda: 1 / 0)
+        return "committed"
+
+    assert store.db.grouped(job) == "committed"
+    with sqlite3.connect(f"{tmp_path}/after.db") as other:
+        row = other.execute("SELECT value FROM server_secrets WHERE name = 'probe'").fetchone()
+    assert row == ("kept",)
 
 
 # -- the client cache: a bounded, documented delay for other replicas' changes ---------------

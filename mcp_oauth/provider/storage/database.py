@@ -4,6 +4,7 @@ atomic upsert for both dialects, and the server secrets every replica shares."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from mcp_oauth.provider.storage.group_commit import GroupCommitter
 from mcp_oauth.provider.storage.loop_reader import LoopReader
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 
+log = logging.getLogger(__name__)
 Record = TypeVar("Record")
 AFTER_COMMIT = "mcp_oauth_after_commit"
 
@@ -57,6 +59,16 @@ def add_missing_columns(conn: Connection) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
+def run_after_commit(callback: Callable[[], None]) -> None:
+    """A callback of a committed transaction: its failure is logged, never reported as the
+    transaction's (a caller told "failed" after COMMIT would, for a rotation, lose a spent
+    refresh token's answer)."""
+    try:
+        callback()
+    except Exception:
+        log.exception("after-commit callback failed; the transaction is committed")
+
+
 class Database:
     """The engine, its write transactions and the tables, created once."""
 
@@ -90,7 +102,7 @@ class Database:
             with conn.begin():
                 yield conn
             for callback in conn.info.pop(AFTER_COMMIT, []):
-                callback()
+                run_after_commit(callback)
 
     def read_first(self, statement, params: dict[str, Any]) -> Any:
         """The first row of a prebuilt single-statement read (a Row, or a dict by column
@@ -105,7 +117,9 @@ class Database:
         """`job(conn)` in a committed write transaction, returning its result: on SQLite one
         shared with the other writes waiting meanwhile (group_commit.py); on PostgreSQL a
         transaction of its own. Only for jobs that are correct whatever else commits with
-        them (they decide single use by their own UPDATEs)."""
+        them (they decide single use by their own UPDATEs). A job must not catch database
+        errors: SQLite rolls the whole shared transaction back on some (SQLITE_FULL, IOERR,
+        NOMEM, BUSY), and the jobs after it would then run outside any transaction."""
         if self._group is None:
             with self.write() as conn:
                 return job(conn)

@@ -59,7 +59,10 @@ class GroupCommitter:
         self._queue.append(job)
         with self._leader:
             while not job.finished:  # no earlier leader took it: lead a batch of the queue
-                self._commit(list(self._take()))
+                batch = list(self._take())
+                if not batch:  # taken but never finished: fail, never loop on empty commits
+                    raise RuntimeError("group commit: job lost")
+                self._commit(batch)
         if job.ok:
             return job.value
         raise job.value
@@ -72,6 +75,17 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Job]) -> None:
+        """Run the batch; whatever escapes (SystemExit, KeyboardInterrupt) first finishes every
+        job still unfinished, so no waiting caller loops for a job nobody will finish."""
+        try:
+            self._commit_batch(batch)
+        except BaseException as exc:
+            for job in batch:
+                if not job.finished:
+                    self._finish(job, False, exc)
+            raise
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
         try:
             with self._write() as conn:
                 results = []
