@@ -186,6 +186,10 @@ def routes(
         return JSONResponse(server.minter.public_jwks())
 
     return [
+        # The busiest first: the router tries each route in turn.
+        Route("/token", server.token_endpoint, methods=["POST"]),
+        Route("/introspect", server.introspection_endpoint, methods=["POST"]),
+        Route("/revoke", server.revocation_endpoint, methods=["POST"]),
         *(Route(path, metadata) for path in well_known_paths(server.issuer_url)),
         Route("/jwks.json", jwks, name="jwks_uri"),
         Route("/userinfo", userinfo.serve, methods=["GET", "POST"], name="userinfo_endpoint"),
@@ -207,9 +211,6 @@ def routes(
             middleware=sessions,
         ),
         Route("/device", DevicePage(server).serve, methods=["GET", "POST"], middleware=sessions),
-        Route("/token", server.token_endpoint, methods=["POST"]),
-        Route("/introspect", server.introspection_endpoint, methods=["POST"]),
-        Route("/revoke", server.revocation_endpoint, methods=["POST"]),
         Route(
             "/register",
             RegistrationLimit(

@@ -3,15 +3,19 @@ read: form or query parameters (checked first, see checks.py), or a JSON body fo
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections import defaultdict
+from urllib.parse import unquote_plus
 
+from authlib.common.security import is_secure_transport
 from authlib.oauth2.rfc6749 import JsonPayload, JsonRequest, OAuth2Payload, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from starlette.datastructures import FormData
+from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidRequestError
 from starlette.requests import ClientDisconnect, Request
 
 from mcp_oauth.provider.checks import check_no_repeated_parameters, check_parameter_values
+from mcp_oauth.provider.http_hardening import BodyTooLarge
 
 
 class FormPayload(OAuth2Payload):
@@ -33,9 +37,25 @@ class FormPayload(OAuth2Payload):
         return self._datalist
 
 
+MAX_FIELDS = 1000  # as many as Starlette's form parser took: more is a 400, as before
+
+
+@functools.lru_cache(maxsize=256)
+def secure_transport(uri: str, insecure_allowed: str | None) -> bool:
+    """Authlib's https check of a request URI (RFC 6749 §3.1, §3.2: TLS), once per URI: the
+    URIs are the issuer's endpoints, and splitting one on every request is a measurable part
+    of an introspection. Keyed on the variable Authlib reads too."""
+    return is_secure_transport(uri)
+
+
 class StarletteOAuth2Request(OAuth2Request):
     def __init__(self, method: str, uri: str, headers, items: list[tuple[str, str]]):
-        super().__init__(method=method, uri=uri, headers=headers)
+        # OAuth2Request.__init__, with its https check cached (secure_transport)
+        if not secure_transport(uri, os.environ.get("AUTHLIB_INSECURE_TRANSPORT")):
+            raise InsecureTransportError()
+        self.method, self.uri, self.headers, self._body = method, uri, headers or {}, None
+        self.client = self.auth_method = self.user = self.credential = self._scope = None
+        self.authorization_code = self.refresh_token = None
         self.payload = FormPayload(items)
         self.resource: str | None = None  # set once the RFC 8707 resource is validated
 
@@ -67,12 +87,29 @@ async def read_parameters(request: Request) -> list[tuple[str, str]]:
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequestError("the body must be application/x-www-form-urlencoded")
         try:
-            form: FormData = await request.form()
-        except Exception as exc:  # malformed body: the parser's message is not for users
+            body = await request.body()
+        except BodyTooLarge:
+            raise  # answered 413 by http_hardening.py
+        except Exception as exc:  # the client went away
             raise InvalidRequestError("the form body could not be parsed") from exc
-        items = list(form.multi_items())
+        items = form_items(body)
     check_parameter_values(items)
     check_no_repeated_parameters(items)
+    return items
+
+
+def form_items(body: bytes) -> list[tuple[str, str]]:
+    """An application/x-www-form-urlencoded body's fields in order (RFC 6749 Appendix B):
+    `&`-separated, `name=value` (a field without `=` has an empty value), `+` a space, bytes
+    read as latin-1 and percent-escapes as UTF-8: the same items Starlette's parser gave,
+    without its per-field callbacks."""
+    items = []
+    for field in body.decode("latin-1").split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            items.append((unquote_plus(name), unquote_plus(value)))
+    if len(items) > MAX_FIELDS:
+        raise InvalidRequestError("the form body could not be parsed")
     return items
 
 
