@@ -65,6 +65,11 @@ class Answer(NamedTuple):
         """The body as JSON (ValueError when it is not), as httpx's Response.json."""
         return json.loads(self.body)
 
+    @property
+    def status_code(self) -> int:
+        """The status under httpx's name, so one rule judges both clients' answers."""
+        return self.status
+
 
 class _Connection:
     __slots__ = ("reader", "writer", "idle_since")

@@ -19,9 +19,9 @@ import logging
 import math
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
@@ -32,6 +32,7 @@ from mcp_oauth.resource_server.fastmcp_internals import metadata_discovery_urls
 from mcp_oauth.resource_server.form_poster import Answer, ExchangeFailed, FormPoster
 
 log = logging.getLogger(__name__)
+Reply = TypeVar("Reply", httpx.Response, Answer)
 
 
 class ProviderError(Exception):
@@ -324,19 +325,12 @@ class Provider:
     async def _send(
         self, method: str, url: str, *, auth: bool = True, **kwargs: Any
     ) -> httpx.Response:
-        """One request to the provider, refused at once while a failure pause lasts."""
-        if pause := self._backoff.remaining():
-            raise ProviderUnavailable("authorization server recently failed", math.ceil(pause))
-        try:
-            if auth:
-                kwargs["headers"] = {**kwargs.get("headers", {}), **self._authorization}
-            response = await self.http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise self.unavailable(f"{method} {url} failed: {exc!r}") from exc
-        if response.status_code >= 500:
-            raise self.unavailable(f"{method} {url} answered {response.status_code}")
-        self._backoff.succeeded()
-        return response
+        """One request to the provider through the shared httpx client (see _guarded)."""
+        if auth:
+            kwargs["headers"] = {**kwargs.get("headers", {}), **self._authorization}
+        return await self._guarded(
+            f"{method} {url}", lambda: self.http.request(method, url, **kwargs)
+        )
 
     def _poster(self, endpoint: str) -> FormPoster | None:
         """The keep-alive client for the introspection endpoint, made on first use with this
@@ -353,17 +347,23 @@ class Provider:
         return poster
 
     async def _post(self, poster: FormPoster, form: bytes) -> Answer:
-        """As _send, for the lean client: refused at once while a failure pause lasts."""
+        """One introspection through the lean keep-alive client (see _guarded)."""
+        return await self._guarded(f"POST {poster.url}", lambda: poster.post(form))
+
+    async def _guarded(self, what: str, exchange: Callable[[], Awaitable[Reply]]) -> Reply:
+        """The one home of the outage rule, for every call to the provider: refused at once
+        while a failure pause lasts; a transport failure or a 5xx starts the next pause (the
+        caller answers 503); any other answer ends the pause."""
         if pause := self._backoff.remaining():
             raise ProviderUnavailable("authorization server recently failed", math.ceil(pause))
         try:
-            answer = await poster.post(form)
-        except ExchangeFailed as exc:
-            raise self.unavailable(f"POST {poster.url} failed: {exc}") from None
-        if answer.status >= 500:
-            raise self.unavailable(f"POST {poster.url} answered {answer.status}")
+            reply = await exchange()
+        except (httpx.HTTPError, ExchangeFailed) as exc:
+            raise self.unavailable(f"{what} failed: {exc!r}") from exc
+        if reply.status_code >= 500:
+            raise self.unavailable(f"{what} answered {reply.status_code}")
         self._backoff.succeeded()
-        return answer
+        return reply
 
     async def aclose(self) -> None:
         """Close the introspection client's idle connections (the shared httpx client is
