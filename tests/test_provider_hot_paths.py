@@ -10,12 +10,14 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import create_engine, delete, insert, literal_column, select, table, update
 
 from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
 from mcp_oauth.provider.records import IssuedToken, TokenFamily
 from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database
+from mcp_oauth.provider.storage.janitor import Janitor, Retention
+from mcp_oauth.provider.storage.loop_reader import LOOP_BUSY_TIMEOUT_MS, DatabaseBusy, LoopReader
 from mcp_oauth.provider.storage.schema import clients, server_secrets, tokens
 from mcp_oauth.provider.storage.store import Store
 from tests.conftest import RS_AUTH
@@ -97,6 +99,40 @@ def test_revocation_without_a_token_is_invalid_request(provider):
 
 
 # -- group commit (SQLite) --------------------------------------------------------------------
+
+
+def test_a_database_locked_past_the_loops_short_wait_is_database_busy(tmp_path):
+    """SQLite can answer BUSY to a reader (rollback journal, WAL recovery, another process's
+    exclusive lock): the event loop's reader gives up after its short busy timeout with
+    DatabaseBusy (answered 503 temporarily_unavailable by token_lookup_endpoints.py) instead
+    of sleeping in SQLite's busy handler for the pool's 10 s; once the lock is gone it reads."""
+    path = f"{tmp_path}/journal.db"
+    with sqlite3.connect(path) as setup:  # a rollback-journal file: a writer locks out readers
+        setup.execute("CREATE TABLE t (x INTEGER)")
+        setup.execute("INSERT INTO t VALUES (1)")
+    statement = select(literal_column("x")).select_from(table("t"))
+    # The driver's own wait is an hour: only the reader's short busy timeout can end it.
+    reader = LoopReader(create_engine(f"sqlite:///{path}", connect_args={"timeout": 3600}))
+    outcome: list = []
+
+    def read() -> None:
+        try:
+            outcome.append(reader.first(statement, {}))
+        except Exception as exc:
+            outcome.append(exc)
+
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(30 + LOOP_BUSY_TIMEOUT_MS / 1000)  # far past the short timeout
+        assert not thread.is_alive(), "the read waited in SQLite's busy handler"
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], DatabaseBusy)
+    assert reader.first(statement, {}) == {"x": 1}
 
 
 def _wait_until(condition, seconds: float = 30.0) -> None:
@@ -285,6 +321,19 @@ def test_a_client_deleted_elsewhere_is_gone_within_the_cache_time(database_url):
     with db.write() as conn:  # as the janitor (or another replica's janitor) deletes one
         conn.execute(delete(clients).where(clients.c.client_id == client_id))
     _wait_until(lambda: here.get(client_id) is None, seconds=bound + 30)
+
+
+def test_a_client_the_janitor_deletes_here_is_forgotten_at_once(database_url):
+    """The janitor's deletion of an unused self-registered client reaches this process's
+    client cache at once, not after the cache time."""
+    db = Database(database_url)
+    here = ClientStore(db, cache_seconds=3600)
+    client_id, secret = _client_id(), new_secret()
+    here.save(client_id, secret, {"token_endpoint_auth_method": "client_secret_basic"})
+    assert here.get(client_id) is not None  # now cached here
+    janitor = Janitor(db, Retention(unused_client=60), clients=here)
+    assert janitor.sweep(at=int(time.time()) + 3600).get("clients", 0) >= 1
+    assert here.get(client_id) is None
 
 
 def test_a_change_made_here_is_honoured_at_once(database_url):

@@ -9,12 +9,14 @@ introspect_token, revoke_token). What Authlib's generic endpoint machinery added
 and the hop to a worker thread, are gone where they cost more than the work: on SQLite the
 client (cached, storage/clients.py) and the token (one indexed read) are read on the event
 loop; a revocation's write, PostgreSQL, and a client identified by a metadata document URL
-(fetched over the network) still run in a worker thread.
+(fetched over the network) still run in a worker thread. A database too busy for the event
+loop's short wait (storage/loop_reader.py) is answered 503 temporarily_unavailable.
 """
 
 from __future__ import annotations
 
 from authlib.consts import default_json_headers
+from authlib.oauth2.rfc6749.errors import OAuth2Error
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -26,8 +28,21 @@ from mcp_oauth.provider.checks import (
 )
 from mcp_oauth.provider.oauth_request import StarletteOAuth2Request
 from mcp_oauth.provider.records import TokenRecord
+from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 
 INACTIVE = {"active": False}
+RETRY_AFTER_SECONDS = 1
+
+
+class TemporarilyUnavailableError(OAuth2Error):
+    """RFC 6749 §4.1.2.1's temporarily_unavailable, as an HTTP 503 with Retry-After (RFC 9110
+    §10.2.3): the database is briefly locked; the request may be repeated as it is."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+
+    def get_headers(self):
+        return [*super().get_headers(), ("Retry-After", str(RETRY_AFTER_SECONDS))]
 
 
 class TokenLookupEndpoints:
@@ -51,7 +66,10 @@ class TokenLookupEndpoints:
 
     async def _call(self, request: StarletteOAuth2Request, work):
         if self._on_event_loop(request):
-            return work(request)
+            try:
+                return work(request)
+            except DatabaseBusy as exc:
+                raise TemporarilyUnavailableError("the database is busy; try again") from exc
         return await run_in_threadpool(work, request)
 
     # -- RFC 7662 ---------------------------------------------------------------------------

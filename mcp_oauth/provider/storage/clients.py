@@ -4,7 +4,13 @@ registered themselves (RFC 7591). A client read from the database is reused brie
 That reuse is the client-authentication cache of the hot endpoints: a secret is checked
 against the cached record's hash, so a client changed or deleted by another replica (or
 process) is honoured within CLIENT_CACHE_SECONDS; a change made through this store is
-honoured at once (the cached record is dropped)."""
+honoured at once (the cached record is dropped), and so is the janitor's deletion of unused
+clients in the process that ran it.
+
+A cache miss is one indexed read with a prebuilt statement (Database.read_first: on SQLite's
+event loop, its own connection, no pool checkout). An unknown client id is not cached: its
+miss costs the same microseconds, a client just registered at another worker or replica is
+usable at once, and a flood of made-up ids cannot push real clients out of the cache."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import json
 import threading
 
 from cachetools import TTLCache
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
 from mcp_oauth.provider.records import ClientRecord
@@ -20,6 +26,7 @@ from mcp_oauth.provider.storage.database import Database, now
 from mcp_oauth.provider.storage.schema import clients
 
 CLIENT_CACHE_SECONDS = 30
+FIND_CLIENT = select(clients).where(clients.c.client_id == bindparam("client_id"))
 
 
 class ClientStore:
@@ -65,17 +72,18 @@ class ClientStore:
             cached = self._cache.get(client_id)
         if cached is not None:
             return cached
-        with self.db.engine.connect() as conn:
-            row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
+        row = self.db.read_first(FIND_CLIENT, {"client_id": client_id})
         if row is None:
             return None
+        values = getattr(row, "_mapping", row)  # a Row, or a dict from LoopReader
         record = ClientRecord(
-            client_id=row.client_id,
-            secret_hash=row.secret_hash,
-            metadata=json.loads(row.metadata_json),
-            resource_server=row.resource_server,
-            may_exchange_tokens=row.may_exchange_tokens,
-            preregistered=row.preregistered,
+            client_id=values["client_id"],
+            secret_hash=values["secret_hash"],
+            metadata=json.loads(values["metadata_json"]),
+            # LoopReader skips SQLAlchemy's result processing: SQLite's booleans are 0 or 1.
+            resource_server=bool(values["resource_server"]),
+            may_exchange_tokens=bool(values["may_exchange_tokens"]),
+            preregistered=bool(values["preregistered"]),
         )
         with self._cache_lock:
             self._cache[client_id] = record

@@ -17,7 +17,9 @@ What is kept, and why:
   (a stream that had not acknowledged one is told, security_events.py); event streams until
   they were not polled for `idle_stream` seconds (their receiver is gone).
 - self-registered clients with no token family (never used, or every token long gone) once
-  they are older than `unused_client` seconds; pre-registered clients always.
+  they are older than `unused_client` seconds; pre-registered clients always. The client
+  cache of the process that swept (`clients`) forgets them at once; other processes' caches
+  within CLIENT_CACHE_SECONDS (storage/clients.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy import and_, delete, exists, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database, now
 from mcp_oauth.provider.storage.login_throttle import LOGIN_FAILURE_WINDOW
 from mcp_oauth.provider.storage.schema import (
@@ -58,9 +61,10 @@ class Retention:
 
 
 class Janitor:
-    def __init__(self, db: Database, retention: Retention):
+    def __init__(self, db: Database, retention: Retention, clients: ClientStore | None = None):
         self.db = db
         self.retention = retention
+        self.clients = clients  # its cache forgets the clients deleted here, at once
 
     def sweep(self, at: int | None = None) -> dict[str, int]:
         """Delete what no longer matters as of `at` (default now); how many rows per table.
@@ -75,6 +79,11 @@ class Janitor:
             ):
                 return {}
             deleted = self._sweep(conn, stamp, stamp - self.retention.retention)
+            gone = self._delete_unused_clients(conn, stamp)
+            deleted["clients"] = len(gone)
+        if self.clients is not None:  # committed: this process's cache forgets them at once
+            for client_id in gone:
+                self.clients.forget(client_id)
         if any(deleted.values()):
             log.info("janitor deleted %s", deleted)
         return deleted
@@ -105,7 +114,6 @@ class Janitor:
 
         token_of_family = exists().where(tokens.c.grant_id == token_families.c.grant_id)
         token_of_code = exists().where(tokens.c.grant_id == authorization_codes.c.grant_id)
-        family_of_client = exists().where(token_families.c.client_id == clients.c.client_id)
         return {
             "tokens": remove(tokens, tokens.c.expires_at < expired_before),
             "token_exchanges": remove(
@@ -130,18 +138,26 @@ class Janitor:
             ),
             "rate_limits": remove(rate_limits, rate_limits.c.resets_at <= stamp),
             **SecurityEvents.prune(conn, expired_before, stamp - self.retention.idle_stream),
-            "clients": remove(
-                clients,
+        }
+
+    def _delete_unused_clients(self, conn: Connection, stamp: int) -> list[str]:
+        """Self-registered clients never used (no token family, code or device code), past
+        their grace: the ids deleted, so this process's client cache can forget them."""
+        statement = (
+            delete(clients)
+            .where(
                 and_(
                     clients.c.preregistered.is_(False),
                     clients.c.created_at < stamp - self.retention.unused_client,
                 ),
-                ~family_of_client,
+                ~exists().where(token_families.c.client_id == clients.c.client_id),
                 ~select(authorization_codes.c.client_id)
                 .where(authorization_codes.c.client_id == clients.c.client_id)
                 .exists(),
                 ~select(device_codes.c.client_id)
                 .where(device_codes.c.client_id == clients.c.client_id)
                 .exists(),
-            ),
-        }
+            )
+            .returning(clients.c.client_id)
+        )
+        return list(conn.execute(statement).scalars())

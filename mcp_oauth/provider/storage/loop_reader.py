@@ -7,15 +7,33 @@ autocommit) and runs prebuilt statements on it as compiled SQL. Every statement 
 autocommit and its cursor is closed at once, so each read sees what was committed before it
 (a revocation committed by a worker thread included) and no read transaction stays open.
 Other threads read through the pool as before.
+
+Microseconds in the usual case; but SQLite can answer BUSY to a reader (WAL recovery after a
+killed process, a rollback-journal file system, another process's exclusive lock), and the
+pool's busy_timeout of 10 s would then put the whole event loop to sleep in SQLite's busy
+handler. The loop's connection waits at most LOOP_BUSY_TIMEOUT_MS and then raises
+DatabaseBusy, which the endpoints answer 503 temporarily_unavailable.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Executable
+
+LOOP_BUSY_TIMEOUT_MS = 50  # the longest the event loop sleeps in SQLite's busy handler
+
+
+class DatabaseBusy(Exception):
+    """SQLite stayed busy or locked past LOOP_BUSY_TIMEOUT_MS: try again shortly."""
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): another connection holds a lock."""
+    return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 class LoopReader:
@@ -37,12 +55,27 @@ class LoopReader:
             compiled = self._compiled[statement] = (done.string, tuple(done.positiontup or ()))
         sql, names = compiled
         if self._connection is None:
-            self._connection = self._engine.raw_connection()
+            self._connection = self._kept_connection()
         cursor = self._connection.cursor()
         try:
             cursor.execute(sql, tuple(params[name] for name in names))
             row = cursor.fetchone()
             columns = [column[0] for column in cursor.description or ()]
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise DatabaseBusy(str(exc)) from exc
+            raise
         finally:
             cursor.close()  # resets the statement: no read transaction left open
         return None if row is None else dict(zip(columns, row, strict=True))
+
+    def _kept_connection(self) -> Any:
+        """The pool's connection, its busy wait cut to what the event loop can afford (it is
+        never returned to the pool, so no other user inherits the short wait)."""
+        connection = self._engine.raw_connection()
+        cursor = connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={LOOP_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+        return connection
