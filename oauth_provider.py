@@ -269,7 +269,9 @@ def page_sessions(settings: argparse.Namespace, session_secret: str) -> list[Mid
 def background_tasks(settings: argparse.Namespace, store: Store):
     """While the app serves: the janitor, and the wake-ups of event polls across replicas."""
     retention = Retention(settings.retention_seconds, settings.unused_client_seconds)
-    janitor = Janitor(store.db, retention).running_every(settings.janitor_interval_seconds)
+    janitor = Janitor(store.db, retention, store.clients).running_every(
+        settings.janitor_interval_seconds
+    )
     wakeups = EventWakeups(settings.database_url, store.events.doorbell)
 
     @contextlib.asynccontextmanager

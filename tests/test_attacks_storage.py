@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
 from tests.conftest import new_postgres_database, start_provider
@@ -128,7 +129,8 @@ def test_the_janitor_removes_what_can_no_longer_matter(fresh_database, tmp_path)
     before = counts(fresh_database)
     assert all(before[table] for table in ("tokens", "authorization_codes", "device_codes"))
     assert before["refresh_replies"] and before["rate_limits"]
-    janitor = Janitor(Database(fresh_database), Retention(retention=HOUR, unused_client=HOUR))
+    db = Database(fresh_database)
+    janitor = Janitor(db, Retention(retention=HOUR, unused_client=HOUR), ClientStore(db))
     # Now, nothing live is touched.
     janitor.sweep()
     assert counts(fresh_database)["tokens"] == before["tokens"]

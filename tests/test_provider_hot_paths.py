@@ -331,7 +331,7 @@ def test_a_client_the_janitor_deletes_here_is_forgotten_at_once(database_url):
     client_id, secret = _client_id(), new_secret()
     here.save(client_id, secret, {"token_endpoint_auth_method": "client_secret_basic"})
     assert here.get(client_id) is not None  # now cached here
-    janitor = Janitor(db, Retention(unused_client=60), clients=here)
+    janitor = Janitor(db, Retention(unused_client=60), here)
     assert janitor.sweep(at=int(time.time()) + 3600).get("clients", 0) >= 1
     assert here.get(client_id) is None
 

@@ -21,6 +21,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from mcp_oauth.common.security_events import SESSION_REVOKED, SET_TYPE, TOKEN_HASHES
+from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
 from mcp_oauth.resource_server.key_set import KeySetCache
@@ -189,7 +190,7 @@ def test_a_stream_that_lost_events_is_told_so(provider):
         # Two hours after the token expired, with an hour's retention: the event goes.
         later = int(time.time()) + 3 * HOUR + 60
         retention = Retention(retention=HOUR, unused_client=HOUR, idle_stream=100 * HOUR)
-        Janitor(db, retention).sweep(at=later)
+        Janitor(db, retention, ClientStore(db)).sweep(at=later)
     finally:
         db.engine.dispose()
     lost = poll(endpoint)

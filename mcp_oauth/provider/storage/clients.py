@@ -5,7 +5,7 @@ That reuse is the client-authentication cache of the hot endpoints: a secret is 
 against the cached record's hash, so a client changed or deleted by another replica (or
 process) is honoured within CLIENT_CACHE_SECONDS; a change made through this store is
 honoured at once (the cached record is dropped), and so is the deletion of unused clients
-by a janitor given this store (Janitor(db, retention, clients=store)) in its own process.
+by the janitor of its own process (the Janitor is given this store).
 
 A cache miss is one indexed read with a prebuilt statement (Database.read_first: on SQLite's
 event loop, its own connection, no pool checkout). An unknown client id is not cached: its

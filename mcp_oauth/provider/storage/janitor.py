@@ -61,7 +61,7 @@ class Retention:
 
 
 class Janitor:
-    def __init__(self, db: Database, retention: Retention, clients: ClientStore | None = None):
+    def __init__(self, db: Database, retention: Retention, clients: ClientStore):
         self.db = db
         self.retention = retention
         self.clients = clients  # its cache forgets the clients deleted here, at once
@@ -81,9 +81,8 @@ class Janitor:
             deleted = self._sweep(conn, stamp, stamp - self.retention.retention)
             gone = self._delete_unused_clients(conn, stamp)
             deleted["clients"] = len(gone)
-        if self.clients is not None:  # committed: this process's cache forgets them at once
-            for client_id in gone:
-                self.clients.forget(client_id)
+        for client_id in gone:  # committed: this process's cache forgets them at once
+            self.clients.forget(client_id)
         if any(deleted.values()):
             log.info("janitor deleted %s", deleted)
         return deleted
