@@ -222,6 +222,20 @@ def test_one_batch_spends_a_refresh_token_once(tmp_path):
     assert sum(token is not None for token in stored) == 1
 
 
+def test_every_sqlite_commit_reaches_the_disk_before_it_is_answered(tmp_path):
+    """synchronous=FULL on every connection the provider stores through (pooled, and the
+    event loop's own): each COMMIT fsyncs the WAL, so an answered token, rotation or
+    revocation survives power loss too (NORMAL keeps it only across a process crash)."""
+    store = Store(f"sqlite:///{tmp_path}/fsync.db")
+    full = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+    with store.db.write() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == full
+    with store.db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    statement = select(literal_column("synchronous")).select_from(table("pragma_synchronous"))
+    assert store.db.read_first(statement, {}) == {"synchronous": full}  # the loop's connection
+
+
 def test_a_grouped_write_is_committed_when_it_returns(tmp_path):
     """Durability is not traded: each waiting caller of a batch, right after db.grouped
     returns, reads its row through a fresh connection (as another process would). The last
