@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -53,6 +54,25 @@ def install_pinned_npm_package(folder: Path, package: str) -> None:
         installed = installed_npm_version(folder, package)
         if result.returncode != 0 or installed != pinned_npm_version(folder, package):
             raise RuntimeError(f"`npm ci` in {folder} failed:\n{result.stdout}{result.stderr}")
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's: Playwright's own browser download fails here
+
+
+@contextmanager
+def headless_chromium() -> Iterator:
+    """A Playwright Browser on Debian's Chromium, headless, closed on the way out."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

@@ -12,13 +12,13 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 from tests.oauth_helpers import CLIENT_ID, REDIRECT_URI, Browser, auth_params
+from tests.support import CHROMIUM, headless_chromium
 from tests.test_security import (
     HTTP,
     RS_AUTH,
@@ -308,29 +308,19 @@ def test_chromium_completes_consent_to_a_loopback_redirect_under_form_action(
     """Chromium applies form-action to the redirect that follows the consent form's POST: with
     the page's policy the decision still reaches the app's loopback listener with its code,
     on 127.0.0.1 and on [::1] alike."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (scripts/install.sh --test installs it)")
     redirect_uri, queries = loopback_listener
     params, _ = auth_params(redirect_uri=redirect_uri)
     url = str(httpx.URL(f"{provider.url}/authorize", params=params))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
-        )
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.fill("input[name=username]", "alice")
-            page.fill("input[name=password]", "password123")
-            page.click("button[type=submit]")
-            page.click("button[name=decision][value=approve]")
-            page.wait_for_url(re.compile(re.escape(redirect_uri) + r"\?"), timeout=15_000)
-            assert "Signed in" in page.content()
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.goto(url)
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", "password123")
+        page.click("button[type=submit]")
+        page.click("button[name=decision][value=approve]")
+        page.wait_for_url(re.compile(re.escape(redirect_uri) + r"\?"), timeout=15_000)
+        assert "Signed in" in page.content()
     [query] = [parse_qs(query) for query in queries]
     assert query["code"] and query["state"] == ["xyz-state"] and query["iss"] == [provider.url]

@@ -26,12 +26,11 @@ import pytest
 
 from tests.conftest import start_provider
 from tests.peers.process import stop_peer
-from tests.support import free_port
+from tests.support import CHROMIUM, free_port, headless_chromium
 
 APACHE_DIR = Path(__file__).resolve().parent / "peers" / "apache"
 MODULES = Path("/usr/lib/apache2/modules")
 APACHE = shutil.which("apache2") or "/usr/sbin/apache2"
-CHROMIUM = Path("/usr/bin/chromium")
 START_SECONDS = 30  # how long apache2 may take to answer
 STEP_MS = 20_000  # how long one page of the sign-in may take in Chromium
 
@@ -156,35 +155,27 @@ def sign_in_and_consent(page, provider_url: str) -> None:
 def test_chromium_reaches_the_apache_page_only_after_signing_in_and_signing_out_ends_it(
     oidc_provider, apache
 ):
-    from playwright.sync_api import sync_playwright
-
     protected = f"{apache}/protected/index.shtml"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+    with headless_chromium() as browser:
+        page = browser.new_page()
+        page.goto(protected)
+        assert page.url.startswith(f"{oidc_provider.url}/authorize?")  # sent to sign in
+        assert page.locator("input[name=password]").count() == 1
+        sign_in_and_consent(page, oidc_provider.url)
+        page.wait_for_url(protected, timeout=STEP_MS)
+        assert page.locator("#user").inner_text() == "alice"
+        assert page.locator("#name").inner_text() == "Alice"
+
+        # mod_auth_openidc's logout: its session, then our end_session_endpoint with the
+        # ID token as hint, then back to the registered post-logout page.
+        signed_out = f"{apache}/signed-out.html"
+        page.goto(f"{apache}/protected/redirect_uri?logout={quote(signed_out, safe='')}")
+        page.wait_for_url(signed_out, timeout=STEP_MS)
+        assert "You signed out" in page.content()
+
+        page.goto(protected)  # the provider asks to sign in again
+        page.wait_for_url(
+            re.compile(re.escape(oidc_provider.url) + r"/authorize\?"), timeout=STEP_MS
         )
-        try:
-            page = browser.new_page()
-            page.goto(protected)
-            assert page.url.startswith(f"{oidc_provider.url}/authorize?")  # sent to sign in
-            assert page.locator("input[name=password]").count() == 1
-            sign_in_and_consent(page, oidc_provider.url)
-            page.wait_for_url(protected, timeout=STEP_MS)
-            assert page.locator("#user").inner_text() == "alice"
-            assert page.locator("#name").inner_text() == "Alice"
+        assert page.locator("input[name=password]").count() == 1
 
-            # mod_auth_openidc's logout: its session, then our end_session_endpoint with the
-            # ID token as hint, then back to the registered post-logout page.
-            signed_out = f"{apache}/signed-out.html"
-            page.goto(f"{apache}/protected/redirect_uri?logout={quote(signed_out, safe='')}")
-            page.wait_for_url(signed_out, timeout=STEP_MS)
-            assert "You signed out" in page.content()
-
-            page.goto(protected)  # the provider asks to sign in again
-            page.wait_for_url(
-                re.compile(re.escape(oidc_provider.url) + r"/authorize\?"), timeout=STEP_MS
-            )
-            assert page.locator("input[name=password]").count() == 1
-        finally:
-            browser.close()
