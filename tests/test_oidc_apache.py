@@ -178,4 +178,3 @@ def test_chromium_reaches_the_apache_page_only_after_signing_in_and_signing_out_
             re.compile(re.escape(oidc_provider.url) + r"/authorize\?"), timeout=STEP_MS
         )
         assert page.locator("input[name=password]").count() == 1
-
