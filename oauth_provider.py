@@ -276,7 +276,7 @@ def background_tasks(settings: argparse.Namespace, store: Store):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        async with janitor(app), wakeups.running():
+        async with janitor(app), wakeups.running(), store.db.async_reads():
             yield
 
     return lifespan

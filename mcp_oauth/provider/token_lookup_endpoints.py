@@ -8,9 +8,11 @@ check_token_belongs_to_client, and the endpoint class's own policy (check_permis
 introspect_token, revoke_token). What Authlib's generic endpoint machinery added per request,
 and the hop to a worker thread, are gone where they cost more than the work: on SQLite the
 client (cached, storage/clients.py) and the token (one indexed read) are read on the event
-loop; a revocation's write, PostgreSQL, and a client identified by a metadata document URL
-(fetched over the network) still run in a worker thread. A database too busy for the event
-loop's short wait (storage/loop_reader.py) is answered 503 temporarily_unavailable.
+loop; on PostgreSQL, when the client is cached, the token is awaited through the async driver
+(storage/async_reader.py). A revocation's write, a client not cached on PostgreSQL, and a
+client identified by a metadata document URL (fetched over the network) still run in a worker
+thread. A database too busy for the event loop's short wait (storage/loop_reader.py), or a
+PostgreSQL that does not answer in time, is answered 503 temporarily_unavailable.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -55,22 +58,45 @@ class TokenLookupEndpoints:
     def _endpoint(self, name: str):
         return self.server._endpoints[name][0]  # registered by oauth_provider.py
 
-    def _on_event_loop(self, request: StarletteOAuth2Request) -> bool:
-        """Whether the reads of this request are cheap enough for the event loop: SQLite,
-        and no client id that names a metadata document (that one is fetched)."""
-        if not self.server.store.db.reads_inline:
+    def _reads_on_event_loop(self, request: StarletteOAuth2Request) -> bool:
+        """Whether the reads of this request are cheap enough for the event loop. Never for
+        a client id that names a metadata document (it is fetched over the network). On
+        SQLite every read is; on PostgreSQL when the client is cached: its token is then
+        awaited through the async driver, and nothing else is read."""
+        presented = [
+            client_id
+            for client_id in (
+                extract_basic_authorization(request.headers)[0],
+                request.form.get("client_id"),
+            )
+            if client_id
+        ]
+        if any(self.server.client_documents.identifies(client_id) for client_id in presented):
             return False
-        presented = (extract_basic_authorization(request.headers)[0], request.form.get("client_id"))
-        identifies = self.server.client_documents.identifies
-        return not any(client_id and identifies(client_id) for client_id in presented)
+        if self.server.store.db.reads_inline:
+            return True
+        clients = self.server.store.clients
+        return bool(presented) and all(clients.is_cached(client_id) for client_id in presented)
+
+    async def _token_finder(self, request: StarletteOAuth2Request):
+        """How `work` reads the token on the event loop: on SQLite directly; on PostgreSQL the
+        presented token is awaited now, and `work` is handed what was found."""
+        tokens = self.server.store.tokens
+        if tokens.db.reads_inline:
+            return tokens.find
+        value = request.form.get("token")
+        found = None if value is None else await tokens.find_async(value)
+        return lambda _value: found  # check_token_parameter's value is the form's `token`
 
     async def _call(self, request: StarletteOAuth2Request, work):
-        if self._on_event_loop(request):
-            try:
-                return work(request)
-            except DatabaseBusy as exc:
-                raise TemporarilyUnavailableError("the database is busy; try again") from exc
-        return await run_in_threadpool(work, request)
+        """`work(request, find)`: on the event loop when its reads may run there, otherwise
+        in a worker thread with the pooled reads."""
+        try:
+            if not self._reads_on_event_loop(request):
+                return await run_in_threadpool(work, request, self.server.store.tokens.find)
+            return work(request, await self._token_finder(request))
+        except (DatabaseBusy, OperationalError) as exc:  # busy, or unreachable (pooled reads)
+            raise TemporarilyUnavailableError("the database is unavailable; try again") from exc
 
     # -- RFC 7662 ---------------------------------------------------------------------------
 
@@ -78,14 +104,14 @@ class TokenLookupEndpoints:
         return self.server.handle_response(200, await self._call(request, self._introspection),
                                            default_json_headers)  # fmt: skip
 
-    def _introspection(self, request: StarletteOAuth2Request) -> dict:
+    def _introspection(self, request: StarletteOAuth2Request, find) -> dict:
         """RFC 7662 §2.1–2.2: an authenticated client; an active token it may see is
         described, anything else is {"active": false}."""
         endpoint = self._endpoint("introspection")
         client = self.server.authenticate_client(
             request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
         )
-        token = self.server.store.tokens.find(check_token_parameter(request.form))
+        token = find(check_token_parameter(request.form))
         if not token_is_active(token) or not endpoint.check_permission(token, client, request):
             return dict(INACTIVE)
         return endpoint.introspect_token(token)
@@ -101,12 +127,12 @@ class TokenLookupEndpoints:
             await run_in_threadpool(endpoint.revoke_token, token, request)
         return self.server.handle_response(200, {}, default_json_headers)
 
-    def _token_to_revoke(self, request: StarletteOAuth2Request) -> TokenRecord | None:
+    def _token_to_revoke(self, request: StarletteOAuth2Request, find) -> TokenRecord | None:
         endpoint = self._endpoint("revocation")
         client = self.server.authenticate_client(
             request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
         )
-        token = self.server.store.tokens.find(check_token_parameter(request.form))
+        token = find(check_token_parameter(request.form))
         if token is not None:
             check_token_belongs_to_client(token, client)
         return token

@@ -67,6 +67,11 @@ class ClientStore:
         with self._cache_lock:
             self._cache.pop(client_id, None)
 
+    def is_cached(self, client_id: str) -> bool:
+        """Whether `get` would answer without reading the database."""
+        with self._cache_lock:
+            return client_id in self._cache
+
     def get(self, client_id: str) -> ClientRecord | None:
         with self._cache_lock:
             cached = self._cache.get(client_id)

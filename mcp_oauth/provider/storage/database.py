@@ -7,8 +7,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, insert, inspect, select, text
@@ -80,10 +80,16 @@ class Database:
         sqlite = self.engine.dialect.name == "sqlite"
         self._sqlite_writer = threading.Lock() if sqlite else None
         # SQLite: short indexed reads are microseconds, cheaper than a hop to a worker thread,
-        # so the hot endpoints run them on the event loop; PostgreSQL reads cross the network.
+        # so the hot endpoints run them on the event loop; PostgreSQL reads cross the network,
+        # so the hot endpoints await them on the event loop (read_first_async).
         self.reads_inline = sqlite
         self._group = GroupCommitter(self.write) if sqlite else None
         self._loop_reader = LoopReader(self.engine) if sqlite else None
+        self._async_reader = None
+        if not sqlite:
+            from mcp_oauth.provider.storage.async_reader import AsyncReader  # needs psycopg
+
+            self._async_reader = AsyncReader(self.engine, url)
         with self.write() as conn:
             if conn.dialect.name == "postgresql":
                 # Replicas starting together on an empty database: one creates the tables.
@@ -112,6 +118,22 @@ class Database:
             return self._loop_reader.first(statement, params)
         with self.engine.connect() as conn:
             return conn.execute(statement, params).first()
+
+    async def read_first_async(self, statement, params: dict[str, Any]) -> Any:
+        """read_first for a coroutine on the event loop: on PostgreSQL awaited through
+        psycopg's async driver (storage/async_reader.py), on SQLite read_first itself."""
+        if self._async_reader is None:
+            return self.read_first(statement, params)
+        return await self._async_reader.first(statement, params)
+
+    @asynccontextmanager
+    async def async_reads(self) -> AsyncIterator[None]:
+        """While the app serves: the async reads' connections are closed when it stops."""
+        try:
+            yield
+        finally:
+            if self._async_reader is not None:
+                await self._async_reader.close()
 
     def grouped(self, job: Callable[[Connection], Record]) -> Record:
         """`job(conn)` in a committed write transaction, returning its result: on SQLite one

@@ -92,6 +92,10 @@ def _insert_tokens(
     )
 
 
+def _token_record(row) -> TokenRecord | None:
+    return None if row is None else record_from_row(TokenRecord, row, family_id="grant_id")
+
+
 def _lock_family(conn: Connection, family_id: str) -> bool:
     """Lock the family row for this transaction; False if the family is revoked. Whatever
     adds tokens to a family or revokes them takes this lock first, so a revocation either
@@ -201,10 +205,13 @@ class TokenStore:
         """The token stored under the hash of `value` (one indexed read; on SQLite cheap
         enough for the event loop, see Database.reads_inline)."""
         params = {"token_hash": secret_hash(value), "kind": kind}
-        row = self.db.read_first(FIND_TOKEN_OF_KIND if kind else FIND_TOKEN, params)
-        if row is None:
-            return None
-        return record_from_row(TokenRecord, row, family_id="grant_id")
+        return _token_record(self.db.read_first(FIND_TOKEN_OF_KIND if kind else FIND_TOKEN, params))
+
+    async def find_async(self, value: str) -> TokenRecord | None:
+        """find, awaited on the event loop (Database.read_first_async)."""
+        return _token_record(
+            await self.db.read_first_async(FIND_TOKEN, {"token_hash": secret_hash(value)})
+        )
 
     def rotate_refresh_token(
         self,

@@ -1,0 +1,80 @@
+"""PostgreSQL reads on the event loop: psycopg's async driver and a small pool of its own.
+
+A read through the SQLAlchemy pool runs in a worker thread: the hop there and back, and the
+GIL hand-offs between the event loop and the threads, cost more than the indexed read itself
+and set the pace of every introspection. Here the hot reads (prebuilt statements, compiled
+once, prepared on the server) are awaited on the event loop, so other requests go on while
+PostgreSQL answers.
+
+A broken pooled connection (the server restarted) is replaced and the read tried once more; a
+read that cannot be answered within READ_TIMEOUT_SECONDS (PostgreSQL down or overloaded)
+raises DatabaseBusy, which the endpoints answer 503 temporarily_unavailable, never 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql import Executable
+
+from mcp_oauth.common.sql import libpq_url
+from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
+
+READ_TIMEOUT_SECONDS = 2.0  # the longest an introspection waits for PostgreSQL
+POOL_SIZE = 8  # connections per process: enough to keep PostgreSQL busy from one event loop
+APPLICATION_NAME = "mcp-oauth event-loop reads"  # how these connections show in pg_stat_activity
+
+
+class AsyncReader:
+    def __init__(self, engine: Engine, url: str):
+        self._engine = engine
+        self._conninfo = libpq_url(url)
+        self._pool: AsyncConnectionPool | None = None  # opened on the event loop, at first use
+        self._compiled: dict[Executable, str] = {}
+
+    def _sql(self, statement: Executable) -> str:
+        sql = self._compiled.get(statement)
+        if sql is None:  # psycopg's %(name)s placeholders, as SQLAlchemy's psycopg dialect
+            sql = self._compiled[statement] = statement.compile(dialect=self._engine.dialect).string
+        return sql
+
+    async def first(self, statement: Executable, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The first row of `statement` with `params` bound, as a dict by column name."""
+        sql = self._sql(statement)
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self._conninfo,
+                min_size=1,
+                max_size=POOL_SIZE,
+                open=False,
+                kwargs={
+                    "autocommit": True,
+                    "row_factory": dict_row,
+                    "prepare_threshold": 0,  # prepared on the server at first use
+                    "application_name": APPLICATION_NAME,
+                },
+            )
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                await self._pool.open()
+                for attempt in (1, 2):
+                    async with self._pool.connection() as conn:
+                        try:
+                            cursor = await conn.execute(sql, params)
+                            return await cursor.fetchone()
+                        except psycopg.OperationalError:
+                            if attempt == 2 or not conn.broken:
+                                raise  # a live connection's error: no point in retrying
+                    await self._pool.check()  # a restart ended them all: replace the broken
+        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
+            raise DatabaseBusy(f"PostgreSQL did not answer: {exc!r}") from exc
+        return None  # unreachable: the loop returns or raises
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()

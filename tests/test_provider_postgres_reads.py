@@ -1,0 +1,115 @@
+"""PostgreSQL reads awaited on the event loop (storage/async_reader.py, issue 14): a real
+provider on a PostgreSQL database of its own, real HTTP, the database made unreachable with
+PostgreSQL's own switches (ALLOW_CONNECTIONS, pg_terminate_backend)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from mcp_oauth.provider.storage.async_reader import APPLICATION_NAME
+from tests.conftest import (
+    POSTGRES_ADMIN_URL,
+    RS_AUTH,
+    Provider,
+    new_postgres_database,
+    start_provider,
+)
+
+RECOVERY_SECONDS = 60  # psycopg_pool reconnects with a backoff that starts at about a second
+
+
+@pytest.fixture
+def pg_provider(tmp_path) -> Iterator[tuple[Provider, str]]:
+    """A provider on a PostgreSQL database nobody else uses, and that database's name."""
+    with new_postgres_database("async_reads") as url:
+        provider = start_provider(tmp_path, url)
+        try:
+            yield provider, make_url(url).database
+        finally:
+            provider.process.stop()
+
+
+def admin(sql: str, *params) -> list[tuple]:
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def end_connections(database: str) -> None:
+    """Every connection to `database` ended by the server, as a PostgreSQL restart would."""
+    admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        database,
+    )
+
+
+def rs_token(provider: Provider) -> str:
+    form = {"grant_type": "client_credentials", "resource": provider.resource}
+    response = httpx.post(f"{provider.url}/token", data=form, auth=RS_AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+def introspect(provider: Provider, token: str) -> httpx.Response:
+    return httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=RS_AUTH, timeout=30)
+
+
+def test_introspection_on_postgresql_reads_through_the_async_pool(pg_provider):
+    """Once the resource server's client is cached, its introspections read the token through
+    the event loop's own pool: its connections are the ones named APPLICATION_NAME."""
+    provider, database = pg_provider
+    token = rs_token(provider)
+    for _ in range(3):
+        assert introspect(provider, token).json()["active"] is True
+    names = admin("SELECT application_name FROM pg_stat_activity WHERE datname = %s", database)
+    assert (APPLICATION_NAME,) in names
+
+
+def test_a_postgresql_restart_costs_no_introspection(pg_provider):
+    """Connections ended under the pool (a server restart) are replaced: the next
+    introspection is answered, not failed."""
+    provider, database = pg_provider
+    token = rs_token(provider)
+    assert introspect(provider, token).json()["active"] is True
+    end_connections(database)
+    answer = introspect(provider, token)
+    assert answer.status_code == 200 and answer.json()["active"] is True
+
+
+def test_postgresql_down_at_introspection_is_503_never_inactive_then_recovers(pg_provider):
+    """PostgreSQL unreachable: an introspection is 503 temporarily_unavailable with
+    Retry-After, never a 401, a 500 or {"active": false} (a resource server would refuse a
+    good token), whether its client is cached (the token read awaited on the event loop) or
+    not (read in a worker thread); once the database is back, introspection works again
+    without a restart."""
+    provider, database = pg_provider
+    token = rs_token(provider)
+    assert introspect(provider, token).json()["active"] is True
+    admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        end_connections(database)
+        answer = introspect(provider, token)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "temporarily_unavailable"
+        assert answer.headers["retry-after"] == "1"
+        # A client not cached is read through the pooled connections in a worker thread:
+        # the same 503 (not a 401 for a client that could not be looked up, nor a 500).
+        uncached = httpx.post(
+            f"{provider.url}/introspect", data={"token": token}, auth=("never-seen", "x")
+        )
+        assert uncached.status_code == 503, uncached.text
+        assert uncached.json()["error"] == "temporarily_unavailable"
+    finally:
+        admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    deadline = time.monotonic() + RECOVERY_SECONDS
+    while (answer := introspect(provider, token)).status_code == 503:
+        assert time.monotonic() < deadline, "introspection did not recover"
+        time.sleep(0.2)
+    assert answer.status_code == 200 and answer.json()["active"] is True
