@@ -797,20 +797,25 @@ fifth failure was recorded."""
 
 def attempt_right_after_five_failures(
     reset: Callable[[], None],
-    fail_five_times: Callable[[], None],
+    fail: Callable[[int], None],
     attempt: Callable[[], httpx.Response],
     tries: int = 5,
 ) -> httpx.Response:
-    """The answer to `attempt`, made right after five recorded failures. An answer that came
-    back within FIRST_WAIT_FLOOR of the fifth failure was decided during the wait, so it must
-    be a refusal; one that took longer (a loaded machine) may rightly have passed the wait and
-    tells nothing, so the whole sequence is repeated from a clean slate."""
+    """The answer to `attempt`, made right after five recorded failures (`fail(n)` makes the
+    n-th, n = 0…4). The fifth failure is recorded (reserved) after its request is sent and
+    before its password is checked, and the attempt is decided after its own request is sent
+    and before its answer comes back: an answer that came back within FIRST_WAIT_FLOOR of
+    sending the fifth failure was decided during the wait, so it must be a refusal; one that
+    took longer (a loaded machine) may rightly have passed the wait and tells nothing, so the
+    whole sequence is repeated from a clean slate."""
     for _ in range(tries):
         reset()
-        fail_five_times()
-        after_fifth = time.monotonic()
+        for n in range(4):
+            fail(n)
+        fifth_sent = time.monotonic()  # no later than the fifth failure's record
+        fail(4)
         answer = attempt()
-        if answer.status_code == 429 or time.monotonic() - after_fifth < FIRST_WAIT_FLOOR:
+        if answer.status_code == 429 or time.monotonic() - fifth_sent < FIRST_WAIT_FLOOR:
             return answer
     pytest.fail(f"the machine was too slow to reach the first wait in {tries} tries")
 
@@ -819,13 +824,12 @@ def test_account_is_throttled_after_five_failures_even_for_the_right_password(th
     url = throttle_reset.url
     browser = Browser(url)
 
-    def fail_five_times() -> None:  # five addresses: only the account key accumulates
-        for _ in range(5):
-            assert try_login(browser, "bob", "wrong", fake_address()).status_code == 401
+    def fail(_: int) -> None:  # five addresses: only the account key accumulates
+        assert try_login(browser, "bob", "wrong", fake_address()).status_code == 401
 
     throttled = attempt_right_after_five_failures(
         lambda: forget_login_failures(throttle_reset),
-        fail_five_times,
+        fail,
         lambda: try_login(browser, "bob", "secret456", fake_address()),
     )
     assert throttled.status_code == 429
@@ -841,13 +845,12 @@ def test_client_address_is_throttled_across_accounts(throttle_reset):
     browser = Browser(url)
     attacker = fake_address()
 
-    def fail_five_times() -> None:  # five accounts: only the address key accumulates
-        for n in range(5):
-            assert try_login(browser, f"nobody{n}", "wrong", attacker).status_code == 401
+    def fail(n: int) -> None:  # five accounts: only the address key accumulates
+        assert try_login(browser, f"nobody{n}", "wrong", attacker).status_code == 401
 
     from_attacker = attempt_right_after_five_failures(
         lambda: forget_login_failures(throttle_reset),
-        fail_five_times,
+        fail,
         lambda: try_login(browser, "alice", "password123", attacker),
     )
     assert from_attacker.status_code == 429 and wait_seconds(from_attacker) >= 1
@@ -912,22 +915,51 @@ def test_the_wait_after_many_failures_is_at_most_five_minutes(throttle_reset):
     assert 200 < wait_seconds(response) <= 300
 
 
+SAME_TIME_BAND = (0.5, 2.0)  # ratio of the median password-check times
+SAME_TIME_RUNS = 3
+
+
 def test_unknown_user_and_wrong_password_look_and_take_the_same(sqlite_provider):
-    """Same status, same page, and a similar time (argon2 runs for unknown users too):
-    the ratio of the medians is a property, not a speed limit."""
+    """Same status, same page, and a similar time (argon2 runs for unknown users too): the
+    ratio of the medians is a property, not a speed limit. Only the POST (the password check)
+    is timed, in interleaved pairs. Load on a shared machine can push one run out of the band;
+    a systematic difference (no argon2 for unknown users: a ratio in the hundreds) shows in
+    every run, so the band must be met by at least one of SAME_TIME_RUNS runs."""
     browser = Browser(sqlite_provider.url)
     try_login(browser, "warm-up", "x", fake_address())
-    wrong, unknown, pages = [], [], set()
-    for account in ("alice", "bob", "admin", "alice"):  # at most 2 failures each
-        for username, samples in ((account, wrong), (f"nobody-{uuid.uuid4().hex[:6]}", unknown)):
-            started = time.perf_counter()
-            response = try_login(browser, username, "not-the-password", fake_address())
-            samples.append(time.perf_counter() - started)
-            assert response.status_code == 401
-            pages.add(re.sub(r'value="[^"]*"', "", response.text))
+    pages, runs = set(), []
+
+    def timed_failure(username: str) -> float:
+        fields = login_form(browser)
+        fields.update(username=username, password="not-the-password")
+        started = time.perf_counter()
+        response = browser.http.post(
+            "/login", data=fields, headers={"x-forwarded-for": fake_address()}
+        )
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 401
+        pages.add(re.sub(r'value="[^"]*"', "", response.text))
+        return elapsed
+
+    try:
+        for _ in range(SAME_TIME_RUNS):
+            forget_login_failures(sqlite_provider)  # 3 failures per account: never throttled
+            wrong, unknown = [], []
+            for n, account in enumerate(("alice", "bob", "admin") * 3):
+                stranger = f"nobody-{uuid.uuid4().hex[:6]}"
+                if n % 2:  # alternate which of the pair goes first
+                    unknown.append(timed_failure(stranger))
+                    wrong.append(timed_failure(account))
+                else:
+                    wrong.append(timed_failure(account))
+                    unknown.append(timed_failure(stranger))
+            runs.append((statistics.median(wrong) / statistics.median(unknown), wrong, unknown))
+            if SAME_TIME_BAND[0] <= runs[-1][0] <= SAME_TIME_BAND[1]:
+                break
+    finally:
+        forget_login_failures(sqlite_provider)
     assert len(pages) == 1  # identical apart from the echoed username and CSRF token
-    ratio = statistics.median(wrong) / statistics.median(unknown)
-    assert 0.5 <= ratio <= 2.0, (ratio, wrong, unknown)
+    assert SAME_TIME_BAND[0] <= runs[-1][0] <= SAME_TIME_BAND[1], runs
 
 
 def test_csrf_token_of_another_session_is_refused_everywhere(provider, alice):
