@@ -112,10 +112,13 @@ class Database:
 
     def read_first(self, statement, params: dict[str, Any]) -> Any:
         """The first row of a prebuilt single-statement read (a Row, or a dict by column
-        name), None if there is none: on SQLite's event-loop thread through LoopReader,
-        elsewhere through a pooled connection."""
-        if self._loop_reader is not None and self._loop_reader.applies():
-            return self._loop_reader.first(statement, params)
+        name), None if there is none: on SQLite through LoopReader (the event loop's own
+        connection, or a pooled driver connection), on PostgreSQL through a pooled
+        SQLAlchemy connection."""
+        if self._loop_reader is not None:
+            if self._loop_reader.applies():
+                return self._loop_reader.first(statement, params)
+            return self._loop_reader.first_pooled(statement, params)
         with self.engine.connect() as conn:
             return conn.execute(statement, params).first()
 
