@@ -6,9 +6,10 @@ and set the pace of every introspection. Here the hot reads (prebuilt statements
 once, prepared on the server) are awaited on the event loop, so other requests go on while
 PostgreSQL answers.
 
-A broken pooled connection (the server restarted) is replaced and the read tried once more; a
-read that cannot be answered within READ_TIMEOUT_SECONDS (PostgreSQL down or overloaded)
-raises DatabaseBusy, which the endpoints answer 503 temporarily_unavailable, never 401.
+After a failed read the pool's connections are checked (those a server restart ended are
+replaced) and the read is tried once more; a read that cannot be answered within
+READ_TIMEOUT_SECONDS (PostgreSQL down or overloaded) raises DatabaseBusy, which the endpoints
+answer 503 temporarily_unavailable, never 401.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ class AsyncReader:
     async def first(self, statement: Executable, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of `statement` with `params` bound, as a dict by column name."""
         sql = self._sql(statement)
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                await self._opened_pool().open()
+                try:
+                    return await self._read(sql, params)
+                except psycopg.OperationalError:  # e.g. connections a server restart ended
+                    await self._opened_pool().check()  # replace the broken ones; once more
+                    return await self._read(sql, params)
+        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
+            raise DatabaseBusy(f"PostgreSQL did not answer: {exc!r}") from exc
+
+    async def _read(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        async with self._opened_pool().connection() as conn:
+            cursor = await conn.execute(sql, params)
+            return await cursor.fetchone()
+
+    def _opened_pool(self) -> AsyncConnectionPool:
+        """The pool, made at first use: it belongs to the event loop that first reads."""
         if self._pool is None:
             self._pool = AsyncConnectionPool(
                 self._conninfo,
@@ -59,21 +78,7 @@ class AsyncReader:
                     "application_name": APPLICATION_NAME,
                 },
             )
-        try:
-            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-                await self._pool.open()
-                for attempt in (1, 2):
-                    async with self._pool.connection() as conn:
-                        try:
-                            cursor = await conn.execute(sql, params)
-                            return await cursor.fetchone()
-                        except psycopg.OperationalError:
-                            if attempt == 2 or not conn.broken:
-                                raise  # a live connection's error: no point in retrying
-                    await self._pool.check()  # a restart ended them all: replace the broken
-        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
-            raise DatabaseBusy(f"PostgreSQL did not answer: {exc!r}") from exc
-        return None  # unreachable: the loop returns or raises
+        return self._pool
 
     async def close(self) -> None:
         if self._pool is not None:
