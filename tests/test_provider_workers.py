@@ -9,6 +9,7 @@ other" is what really happened, not what was likely.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -75,24 +76,40 @@ def served_by(provider: Provider, response: httpx.Response) -> int | None:
 
 
 class Pinned:
-    """An HTTP client whose one keep-alive connection is served by one worker; every request
-    checks that it still is (a dropped connection would reconnect anywhere)."""
+    """An HTTP client whose one keep-alive connection is served by one worker. uvicorn closes a
+    connection idle for 5 s (timeout_keep_alive) and a new one may land at either worker, so
+    every request is preceded by a check of which worker holds the connection (a GET of the
+    metadata), reconnecting until it is this one; the request then follows at once, and is
+    checked too."""
 
     def __init__(self, provider: Provider, worker: int):
         self.provider, self.worker = provider, worker
+        self.http = httpx.Client(
+            base_url=provider.url,
+            timeout=30,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+        self.pin()
+
+    def pin(self) -> None:
+        """Make sure the connection is served by this worker: the same client (its cookies
+        stay), over a new connection as often as it takes."""
         deadline = time.monotonic() + PIN_SECONDS
-        while time.monotonic() < deadline:
-            self.http = httpx.Client(
-                base_url=provider.url,
-                timeout=30,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
-            if served_by(provider, self.http.get(METADATA)) == worker:
-                return
-            self.http.close()
-        raise AssertionError(f"no connection reached worker {worker} in {PIN_SECONDS} s")
+        while True:
+            try:
+                if served_by(self.provider, self.http.get(METADATA)) == self.worker:
+                    return
+            except httpx.TransportError:  # the idle connection was closed as the GET went out
+                pass
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"no connection reached worker {self.worker} in {PIN_SECONDS} s"
+                )
+            with contextlib.suppress(httpx.TransportError):  # the next one connects anew
+                self.http.get(METADATA, headers={"connection": "close"})
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        self.pin()
         response = self.http.request(method, path, **kwargs)
         assert served_by(self.provider, response) == self.worker, "connection moved"
         return response
@@ -135,6 +152,7 @@ def test_sign_in_at_one_worker_consent_and_tokens_at_the_other(two_workers):
     provider, a, b = two_workers
     on_a = Browser(provider.url)
     on_a.http = a.http  # the browser's requests go over the connection pinned to worker A
+    a.pin()  # the sign-in's GET and POST follow at once, before the connection could idle out
     signed_in = on_a.sign_in("alice", "password123")
     assert signed_in.status_code in (302, 303) and served_by(provider, signed_in) == a.worker
     params, verifier = auth_params(resource=provider.resource)
