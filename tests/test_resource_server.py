@@ -16,6 +16,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -377,10 +378,22 @@ def test_scope_matrix(stack, username):
 
 
 def test_profile_comes_from_the_token(stack):
-    profile = use(stack, "bob", "get_user_profile")
+    """The expiry is the token's own: its `exp` as the provider states it, and the seconds
+    left at some moment of the call (a token of its own, not one shared since the module
+    started)."""
+    token = stack.login("bob")["access_token"]
+    claims = httpx.post(
+        f"{stack.issuer}/introspect", data={"token": token}, auth=("mcp-resource-server", RS_SECRET)
+    ).json()
+    assert claims["active"] is True and claims["exp"] - claims["iat"] == 3600
+    called = time.time()
+    profile = asyncio.run(tool_data(stack.mcp_url, token, "get_user_profile"))
+    answered = time.time()
     assert profile["username"] == "bob" and profile["subject"] == "bob"
     assert profile["scopes"] == ["read"] and profile["client_id"] == "mcp-client"
-    assert 3000 < profile["token_expires_in"] <= 3600
+    assert profile["token_expires_at"] == datetime.fromtimestamp(claims["exp"], UTC).isoformat()
+    left = profile["token_expires_in"]
+    assert int(claims["exp"] - answered) <= left <= int(claims["exp"] - called), (left, claims)
 
 
 def test_each_user_sees_and_deletes_only_their_own_notes_and_data(stack):
