@@ -47,7 +47,8 @@ def most_checks_within(seconds: float) -> int:
 
 def burst(provider: Provider, guesses: list[tuple[str, str, str]]):
     """Every (username, password, client address) POSTed at once, each from a browser (and
-    CSRF token) of its own; returns the answers in order and the monotonic time of the send."""
+    CSRF token) of its own; returns the answers in order and a monotonic time no later than
+    any send."""
     browsers = [Browser(provider.url) for _ in guesses]
     forms = [login_form(browser) for browser in browsers]
     answers: list[httpx.Response | None] = [None] * len(guesses)
@@ -64,8 +65,8 @@ def burst(provider: Provider, guesses: list[tuple[str, str, str]]):
     threads = [threading.Thread(target=guess, args=(n,)) for n in range(len(guesses))]
     for thread in threads:
         thread.start()
+    began = time.monotonic()  # before the barrier opens: no guess is sent earlier
     start.wait()
-    began = time.monotonic()
     for thread in threads:
         thread.join(120)
     return answers, began
