@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import uvicorn
 
+from mcp_oauth.provider.coalesced_writes import CoalescingHttpToolsProtocol
 from mcp_oauth.provider.passwords import REPORT_LOGGER, use_parameters
 from mcp_oauth.provider.settings import parse_settings
 
@@ -50,6 +51,7 @@ def uvicorn_options(settings: argparse.Namespace) -> dict:
         "access_log": False,
         "server_header": False,
         "timeout_graceful_shutdown": 2,  # open event polls end rather than hold a stop up
+        "http": CoalescingHttpToolsProtocol,  # a response's head and body in one write
     }
 
 
