@@ -16,7 +16,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from mcp_oauth.provider.coalesced_writes import CoalescingHttpToolsProtocol
+from mcp_oauth.provider.coalesced_writes import CoalescingHttpToolsProtocol, CoalescingTransport
 from mcp_oauth.provider.serving import uvicorn_options
 from mcp_oauth.provider.settings import parse_settings
 
@@ -109,7 +109,7 @@ BODY = b'{"active":true,"scope":"read"}'
 def test_a_response_head_and_body_leave_in_one_write():
     transport = _serve(CoalescingHttpToolsProtocol, _post_json(), BODY)
     assert [kind for kind, _ in transport.events] == ["write"]
-    (_, data), = transport.events
+    ((_, data),) = transport.events
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\n" + BODY)
 
 
@@ -134,8 +134,6 @@ def test_a_streamed_response_arrives_whole_and_in_order():
 
 
 def test_nothing_is_written_once_the_peer_has_gone():
-    from mcp_oauth.provider.coalesced_writes import CoalescingTransport
-
     async def run() -> RecordingTransport:
         inner = RecordingTransport()
         transport = CoalescingTransport(inner)
