@@ -113,3 +113,26 @@ def test_postgresql_down_at_introspection_is_503_never_inactive_then_recovers(pg
         assert time.monotonic() < deadline, "introspection did not recover"
         time.sleep(0.2)
     assert answer.status_code == 200 and answer.json()["active"] is True
+
+
+def test_a_wrong_secret_is_refused_before_the_token_is_read(pg_provider):
+    """RFC 7662 §2.1: the client is authenticated before anything about the token is looked
+    up. With PostgreSQL unreachable, the resource server's cached client presenting a wrong
+    secret gets 401 invalid_client (decided from the cache, no read tried), while the right
+    secret gets the 503 of a token read that could not be made."""
+    provider, database = pg_provider
+    token = rs_token(provider)
+    assert introspect(provider, token).json()["active"] is True  # the client is now cached
+    admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        end_connections(database)
+        client_id, _ = RS_AUTH
+        for endpoint in ("introspect", "revoke"):
+            wrong = httpx.post(
+                f"{provider.url}/{endpoint}", data={"token": token}, auth=(client_id, "wrong")
+            )
+            assert wrong.status_code == 401, wrong.text
+            assert wrong.json()["error"] == "invalid_client"
+        assert introspect(provider, token).status_code == 503
+    finally:
+        admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

@@ -3,16 +3,17 @@ handlers: the hottest endpoints of the provider (every resource server's cache m
 introspection), and protocols that fit on a page.
 
 Each step is a named rule: client authentication as Authlib's (the methods the endpoint class
-in endpoints.py allows), then checks.py's check_token_parameter, token_is_active and
-check_token_belongs_to_client, and the endpoint class's own policy (check_permission,
-introspect_token, revoke_token). What Authlib's generic endpoint machinery added per request,
-and the hop to a worker thread, are gone where they cost more than the work: on SQLite the
-client (cached, storage/clients.py) and the token (one indexed read) are read on the event
-loop; on PostgreSQL, when the client is cached, the token is awaited through the async driver
-(storage/async_reader.py). A revocation's write, a client not cached on PostgreSQL, and a
-client identified by a metadata document URL (fetched over the network) still run in a worker
-thread. A database too busy for the event loop's short wait (storage/loop_reader.py), or a
-PostgreSQL that does not answer in time, is answered 503 temporarily_unavailable.
+in endpoints.py allows; always before the token is looked up), then checks.py's
+check_token_parameter, token_is_active and check_token_belongs_to_client, and the endpoint
+class's own policy (check_permission, introspect_token, revoke_token). What Authlib's generic
+endpoint machinery added per request, and the hop to a worker thread, are gone where they cost
+more than the work: on SQLite the client (cached, storage/clients.py) and the token (one
+indexed read) are read on the event loop; on PostgreSQL, when the client is cached, the token
+is awaited through the async driver (storage/async_reader.py). A revocation's write, a client
+not cached on PostgreSQL, and a client identified by a metadata document URL (fetched over the
+network) still run in a worker thread. A database too busy for the event loop's short wait
+(storage/loop_reader.py), or a PostgreSQL that does not answer in time, is answered 503
+temporarily_unavailable.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from mcp_oauth.provider.checks import (
     token_is_active,
 )
 from mcp_oauth.provider.oauth_request import StarletteOAuth2Request
-from mcp_oauth.provider.records import TokenRecord
 from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 
 INACTIVE = {"active": False}
@@ -78,61 +78,53 @@ class TokenLookupEndpoints:
         clients = self.server.store.clients
         return bool(presented) and all(clients.is_cached(client_id) for client_id in presented)
 
-    async def _token_finder(self, request: StarletteOAuth2Request):
-        """How `work` reads the token on the event loop: on SQLite directly; on PostgreSQL the
-        presented token is awaited now, and `work` is handed what was found."""
-        tokens = self.server.store.tokens
-        if tokens.db.reads_inline:
-            return tokens.find
-        value = request.form.get("token")
-        found = None if value is None else await tokens.find_async(value)
-        return lambda _value: found  # check_token_parameter's value is the form's `token`
+    def _authenticated_client(self, request: StarletteOAuth2Request, endpoint):
+        """RFC 7662 §2.1 / RFC 7009 §2.1: the client, authenticated by a method the endpoint
+        allows (Authlib's), before anything about the token is looked up."""
+        return self.server.authenticate_client(
+            request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
+        )
 
-    async def _call(self, request: StarletteOAuth2Request, work):
-        """`work(request, find)`: on the event loop when its reads may run there, otherwise
-        in a worker thread with the pooled reads."""
+    def _client_and_token_in_thread(self, request: StarletteOAuth2Request, endpoint):
+        client = self._authenticated_client(request, endpoint)
+        return client, self.server.store.tokens.find(check_token_parameter(request.form))
+
+    async def _client_and_token(self, request: StarletteOAuth2Request, endpoint_name: str):
+        """The registered endpoint, the authenticated client, and the presented token (None if
+        unknown): read on the event loop when the reads may run there (on PostgreSQL the token
+        read is awaited), otherwise in a worker thread with the pooled reads."""
+        endpoint = self._endpoint(endpoint_name)
         try:
             if not self._reads_on_event_loop(request):
-                return await run_in_threadpool(work, request, self.server.store.tokens.find)
-            return work(request, await self._token_finder(request))
+                client, token = await run_in_threadpool(
+                    self._client_and_token_in_thread, request, endpoint
+                )
+                return endpoint, client, token
+            client = self._authenticated_client(request, endpoint)
+            token = await self.server.store.tokens.find_async(check_token_parameter(request.form))
+            return endpoint, client, token
         except (DatabaseBusy, OperationalError) as exc:  # busy, or unreachable (pooled reads)
             raise TemporarilyUnavailableError("the database is unavailable; try again") from exc
 
     # -- RFC 7662 ---------------------------------------------------------------------------
 
     async def introspect(self, request: StarletteOAuth2Request) -> Response:
-        return self.server.handle_response(200, await self._call(request, self._introspection),
-                                           default_json_headers)  # fmt: skip
-
-    def _introspection(self, request: StarletteOAuth2Request, find) -> dict:
         """RFC 7662 §2.1–2.2: an authenticated client; an active token it may see is
         described, anything else is {"active": false}."""
-        endpoint = self._endpoint("introspection")
-        client = self.server.authenticate_client(
-            request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
-        )
-        token = find(check_token_parameter(request.form))
-        if not token_is_active(token) or not endpoint.check_permission(token, client, request):
-            return dict(INACTIVE)
-        return endpoint.introspect_token(token)
+        endpoint, client, token = await self._client_and_token(request, "introspection")
+        if token_is_active(token) and endpoint.check_permission(token, client, request):
+            answer = endpoint.introspect_token(token)
+        else:
+            answer = dict(INACTIVE)
+        return self.server.handle_response(200, answer, default_json_headers)
 
     # -- RFC 7009 ---------------------------------------------------------------------------
 
     async def revoke(self, request: StarletteOAuth2Request) -> Response:
         """RFC 7009 §2.1–2.2: an unknown token is answered 200 like a revoked one; the
         revocation itself is a write, so it runs in a worker thread."""
-        endpoint = self._endpoint("revocation")
-        token = await self._call(request, self._token_to_revoke)
-        if token is not None:
-            await run_in_threadpool(endpoint.revoke_token, token, request)
-        return self.server.handle_response(200, {}, default_json_headers)
-
-    def _token_to_revoke(self, request: StarletteOAuth2Request, find) -> TokenRecord | None:
-        endpoint = self._endpoint("revocation")
-        client = self.server.authenticate_client(
-            request, endpoint.CLIENT_AUTH_METHODS, endpoint.ENDPOINT_NAME
-        )
-        token = find(check_token_parameter(request.form))
+        endpoint, client, token = await self._client_and_token(request, "revocation")
         if token is not None:
             check_token_belongs_to_client(token, client)
-        return token
+            await run_in_threadpool(endpoint.revoke_token, token, request)
+        return self.server.handle_response(200, {}, default_json_headers)
