@@ -2,8 +2,10 @@
 
 Authlib ships server integrations only for Flask and Django. Here the awaited request
 (query string and form body) becomes an Authlib OAuth2Request (oauth_request.py), Authlib's
-synchronous grant and endpoint code runs in a worker thread (it talks to the database), and
-its (status, body, headers) answer becomes a Starlette response. Which grants and endpoints
+synchronous grant and endpoint code runs in a worker thread (it talks to the database) or,
+for the grants that may (RUNS_ON_EVENT_LOOP in grants.py), on the event loop in a greenlet
+that awaits the database (sync_on_loop.py), and its (status, body, headers) answer becomes a
+Starlette response. Which grants and endpoints
 it serves is decided in oauth_provider.py, with register_grant and register_endpoint.
 """
 
@@ -14,6 +16,7 @@ import inspect
 from authlib.consts import default_json_headers
 from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, OAuth2Error
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,8 +32,13 @@ from mcp_oauth.provider.oauth_request import (
 )
 from mcp_oauth.provider.records import CONFIDENTIAL_AUTH, ClientRecord
 from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS
+from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 from mcp_oauth.provider.storage.store import Store
-from mcp_oauth.provider.token_lookup_endpoints import TokenLookupEndpoints
+from mcp_oauth.provider.sync_on_loop import off_loop, run_sync
+from mcp_oauth.provider.token_lookup_endpoints import (
+    TemporarilyUnavailableError,
+    TokenLookupEndpoints,
+)
 from mcp_oauth.provider.token_minter import TokenMinter
 from mcp_oauth.provider.users_file import UsersFile
 
@@ -108,7 +116,8 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         """A registered client, or one identified by its metadata document (a URL)."""
         client = self.store.clients.get(client_id)
         if client is None and self.client_documents.identifies(client_id):
-            return self.client_documents.client(client_id, self.client_from_document)
+            # fetched over the network when not cached: never on the event loop
+            return off_loop(self.client_documents.client, client_id, self.client_from_document)
         return client
 
     def client_from_document(self, url: str, document: object) -> ClientRecord:
@@ -155,7 +164,22 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     # -- endpoints served as JSON ----------------------------------------------------------
 
     async def token_endpoint(self, request: Request) -> Response:
-        return await self._run(request, self.oauth2_request, self.create_token_response)
+        return await self._run(request, self.oauth2_request, self.answer_token_request)
+
+    async def answer_token_request(self, oauth_request: StarletteOAuth2Request) -> Response:
+        """Authlib's token endpoint: on the event loop for a grant that may run there, in a
+        worker thread otherwise."""
+        if self.grant_runs_on_event_loop(oauth_request):
+            return await run_sync(self.create_token_response, oauth_request)
+        return await run_in_threadpool(self.create_token_response, oauth_request)
+
+    def grant_runs_on_event_loop(self, oauth_request: StarletteOAuth2Request) -> bool:
+        """Whether the grant this token request asks for opted in to the event loop (grants.py:
+        each of its storage calls reads inline, or awaits its write, never blocks)."""
+        for grant_cls, _ in self.grants:
+            if grant_cls.check_token_endpoint(oauth_request):
+                return getattr(grant_cls, "RUNS_ON_EVENT_LOOP", False)
+        return False
 
     async def introspection_endpoint(self, request: Request) -> Response:
         return await self._run(request, self.oauth2_request, self.token_lookups.introspect)
@@ -176,8 +200,9 @@ class AuthorizationServer(AuthlibAuthorizationServer):
 
     async def _run(self, request: Request, read, handler, *args) -> Response:
         """Read the request (`read`), let `handler` answer it: Authlib's, in a worker thread;
-        a coroutine (token_lookup_endpoints.py) decides itself what leaves the event loop.
-        An OAuth error is answered as its RFC says."""
+        a coroutine (token_lookup_endpoints.py, answer_token_request) decides itself what
+        leaves the event loop. An OAuth error is answered as its RFC says; a database that is
+        busy or unreachable, 503 (an outage is never the client's fault)."""
         try:
             oauth_request = await read(request)
             if inspect.iscoroutinefunction(handler):
@@ -185,6 +210,10 @@ class AuthorizationServer(AuthlibAuthorizationServer):
             return await run_in_threadpool(handler, *args, oauth_request)
         except OAuth2Error as error:
             return self.error_response(error)
+        except (DatabaseBusy, OperationalError):
+            return self.error_response(
+                TemporarilyUnavailableError("the database is unavailable; try again")
+            )
         except ValueError as exc:
             if not authlib_refused_error_text(exc):
                 raise

@@ -5,6 +5,12 @@ Each grant only fills in the storage hooks Authlib asks for, plus one rule Authl
 us: the code, the refresh token or the device code is spent in the same database
 transaction that stores the new tokens (storage/), so replays and races fail. Protocol
 checks are in checks.py; tokens are made by the TokenMinter.
+
+A grant with RUNS_ON_EVENT_LOOP is run on the event loop (sync_on_loop.py) rather than in a
+worker thread: every storage call it makes reads inline (Database.read_first), awaits its
+commit (Database.grouped, Database.transaction) or leaves the loop itself (a client metadata
+document's fetch), so none blocks; Database.write refuses to run there. The device grant
+polls with a write transaction of its own and stays in a worker thread.
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class TokenGrant:
 
 class AuthorizationCodeGrant(TokenGrant, grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ANY_CLIENT_AUTH
+    RUNS_ON_EVENT_LOOP = True
 
     def save_authorization_code(self, code: str, request) -> None:
         account = request.user
@@ -172,6 +179,7 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS = ANY_CLIENT_AUTH
     INCLUDE_NEW_REFRESH_TOKEN = True
+    RUNS_ON_EVENT_LOOP = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> TokenRecord | None:
         token = self.server.store.tokens.find(refresh_token, "refresh")
@@ -238,6 +246,7 @@ class RefreshTokenGrant(TokenGrant, grants.RefreshTokenGrant):
 
 class ClientCredentialsGrant(TokenGrant, grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH
+    RUNS_ON_EVENT_LOOP = True
 
     def create_token_response(self):
         client = self.client
@@ -261,6 +270,7 @@ class TokenExchangeGrant(TokenGrant, grants.BaseGrant, grants.TokenEndpointMixin
 
     GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH
+    RUNS_ON_EVENT_LOOP = True
 
     def validate_token_request(self):
         client = self.authenticate_token_endpoint_client()

@@ -25,6 +25,7 @@ from sqlalchemy.sql import Executable
 
 from mcp_oauth.common.sql import libpq_url
 from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
+from mcp_oauth.provider.storage.prebuilt import compiled
 
 READ_TIMEOUT_SECONDS = 2.0  # the longest an introspection waits for PostgreSQL
 POOL_SIZE = 4  # connections per process: PostgreSQL answers these reads in well under a millisecond
@@ -36,13 +37,10 @@ class AsyncReader:
         self._engine = engine
         self._conninfo = libpq_url(url)
         self._pool: AsyncConnectionPool | None = None  # opened on the event loop, at first use
-        self._compiled: dict[Executable, str] = {}
 
     def _sql(self, statement: Executable) -> str:
-        sql = self._compiled.get(statement)
-        if sql is None:  # psycopg's %(name)s placeholders, as SQLAlchemy's psycopg dialect
-            sql = self._compiled[statement] = statement.compile(dialect=self._engine.dialect).string
-        return sql
+        # psycopg's %(name)s placeholders, as SQLAlchemy's psycopg dialect: params by name
+        return compiled(statement, self._engine.dialect)[0]
 
     async def first(self, statement: Executable, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of `statement` with `params` bound, as a dict by column name."""

@@ -80,15 +80,14 @@ class ClientStore:
         row = self.db.read_first(FIND_CLIENT, {"client_id": client_id})
         if row is None:
             return None
-        values = getattr(row, "_mapping", row)  # a Row, or a dict from LoopReader
         record = ClientRecord(
-            client_id=values["client_id"],
-            secret_hash=values["secret_hash"],
-            metadata=json.loads(values["metadata_json"]),
+            client_id=row["client_id"],
+            secret_hash=row["secret_hash"],
+            metadata=json.loads(row["metadata_json"]),
             # LoopReader skips SQLAlchemy's result processing: SQLite's booleans are 0 or 1.
-            resource_server=bool(values["resource_server"]),
-            may_exchange_tokens=bool(values["may_exchange_tokens"]),
-            preregistered=bool(values["preregistered"]),
+            resource_server=bool(row["resource_server"]),
+            may_exchange_tokens=bool(row["may_exchange_tokens"]),
+            preregistered=bool(row["preregistered"]),
         )
         with self._cache_lock:
             self._cache[client_id] = record

@@ -21,6 +21,7 @@ from mcp_oauth.common.sql import create_storage_engine
 from mcp_oauth.provider.storage.group_commit import GroupCommitter
 from mcp_oauth.provider.storage.loop_reader import LoopReader
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
+from mcp_oauth.provider.sync_on_loop import off_loop, on_event_loop, wait_for
 
 log = logging.getLogger(__name__)
 Record = TypeVar("Record")
@@ -34,7 +35,7 @@ def now() -> int:
 def record_from_row(record_type: type[Record], row: Any, **columns: str) -> Record:
     """A record dataclass from a table row: each field from the column of its name, or from
     the column `columns` names for it (where the table's name predates the code's word)."""
-    values = getattr(row, "_mapping", row)  # a Row, or a dict from LoopReader
+    values = getattr(row, "_mapping", row)  # a Row, or a mapping from Database.read_first
     return record_type(
         **{
             field.name: values[columns.get(field.name, field.name)]
@@ -102,6 +103,8 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """One write transaction: committed on success, rolled back on error. What the
         transaction asked for with `after_commit` runs once it committed."""
+        if on_event_loop():
+            raise RuntimeError("a write transaction would block the event loop: use transaction")
         with self._sqlite_writer or nullcontext(), self.engine.connect() as conn:
             conn.execution_options(write=True)
             conn.info.pop(AFTER_COMMIT, None)  # the pooled connection's, from a rollback
@@ -111,16 +114,20 @@ class Database:
                 run_after_commit(callback)
 
     def read_first(self, statement, params: dict[str, Any]) -> Any:
-        """The first row of a prebuilt single-statement read (a Row, or a dict by column
-        name), None if there is none: on SQLite through LoopReader (the event loop's own
+        """The first row of a prebuilt single-statement read, by column name (a dict or a
+        RowMapping), None if there is none: on SQLite through LoopReader (the event loop's own
         connection, or a pooled driver connection), on PostgreSQL through a pooled
-        SQLAlchemy connection."""
+        SQLAlchemy connection, or awaited through the async driver for a grant on the event
+        loop (sync_on_loop.py)."""
         if self._loop_reader is not None:
             if self._loop_reader.applies():
                 return self._loop_reader.first(statement, params)
             return self._loop_reader.first_pooled(statement, params)
+        if on_event_loop():  # a grant on the event loop (sync_on_loop.py): awaited there
+            return wait_for(self._async_reader.first(statement, params))
         with self.engine.connect() as conn:
-            return conn.execute(statement, params).first()
+            row = conn.execute(statement, params).first()
+        return None if row is None else row._mapping
 
     async def read_first_async(self, statement, params: dict[str, Any]) -> Any:
         """read_first for a coroutine on the event loop: on PostgreSQL awaited through
@@ -146,9 +153,19 @@ class Database:
         errors: SQLite rolls the whole shared transaction back on some (SQLITE_FULL, IOERR,
         NOMEM, BUSY), and the jobs after it would then run outside any transaction."""
         if self._group is None:
-            with self.write() as conn:
-                return job(conn)
+            return self.transaction(job)
+        if on_event_loop():  # a grant on the event loop: the commit is awaited there
+            return wait_for(self._group.run_async(job))
         return self._group.run(job)
+
+    def transaction(self, job: Callable[[Connection], Record]) -> Record:
+        """`job(conn)` in a write transaction of its own, returning its result once committed;
+        called on the event loop (sync_on_loop.py), in a worker thread."""
+        return off_loop(self._in_transaction, job)
+
+    def _in_transaction(self, job: Callable[[Connection], Record]) -> Record:
+        with self.write() as conn:
+            return job(conn)
 
     @staticmethod
     def after_commit(conn: Connection, callback: Callable[[], None]) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Executable
 
+from mcp_oauth.provider.storage.prebuilt import bound, compiled
+
 LOOP_BUSY_TIMEOUT_MS = 50  # the longest the event loop sleeps in SQLite's busy handler
 
 
@@ -43,7 +45,6 @@ class LoopReader:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._connection: Any = None  # the pool's, kept by the event loop's thread
-        self._compiled: dict[Executable, tuple[str, tuple[str, ...]]] = {}
 
     @staticmethod
     def applies() -> bool:
@@ -67,14 +68,10 @@ class LoopReader:
             connection.close()  # back to the pool
 
     def _first_on(self, connection: Any, statement: Executable, params: dict[str, Any]):
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            done = statement.compile(dialect=self._engine.dialect)
-            compiled = self._compiled[statement] = (done.string, tuple(done.positiontup or ()))
-        sql, names = compiled
+        sql, names = compiled(statement, self._engine.dialect)
         cursor = connection.cursor()
         try:
-            cursor.execute(sql, tuple(params[name] for name in names))
+            cursor.execute(sql, bound(names, params))
             row = cursor.fetchone()
             columns = [column[0] for column in cursor.description or ()]
         except sqlite3.OperationalError as exc:

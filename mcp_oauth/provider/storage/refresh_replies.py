@@ -22,18 +22,35 @@ from sqlalchemy import and_, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
+from mcp_oauth.provider.storage import prebuilt
 from mcp_oauth.provider.storage.database import Database, now
 from mcp_oauth.provider.storage.schema import refresh_replies, token_families, tokens
 
 SEALING = {"alg": "dir", "enc": "A256GCM"}
 
 
-# Built once, bound per rotation (as storage/tokens.py's hot statements): building them per
-# request cost ~17 % of a rotating refresh's CPU.
+# Built once, bound per rotation and run on the driver's cursor (prebuilt.py), as tokens.py's
+# hot statements: building them per request cost ~17 % of a rotating refresh's CPU.
 FORGET_REPLY = delete(refresh_replies).where(
     refresh_replies.c.successor_hash == bindparam("bought")
 )
 KEEP_REPLY = insert(refresh_replies)
+# A kept answer that may be given again (RefreshReplies.replay); read with Database.read_first,
+# so also on the event loop.
+_presented, _successor = tokens.alias("presented"), tokens.alias("successor")
+FIND_REPLY = (
+    select(refresh_replies.c.sealed, refresh_replies.c.created_at)
+    .join(_presented, _presented.c.token_hash == refresh_replies.c.token_hash)
+    .join(_successor, _successor.c.token_hash == refresh_replies.c.successor_hash)
+    .join(token_families, token_families.c.grant_id == _presented.c.grant_id)
+    .where(
+        refresh_replies.c.token_hash == bindparam("presented"),
+        refresh_replies.c.client_id == bindparam("client_id"),
+        refresh_replies.c.expires_at > bindparam("now"),
+        and_(_presented.c.revoked_at.is_(None), token_families.c.revoked_at.is_(None)),
+        and_(_successor.c.used_at.is_(None), _successor.c.revoked_at.is_(None)),
+    )
+)
 
 
 class RefreshReplies:
@@ -57,9 +74,10 @@ class RefreshReplies:
         """Inside the rotation's transaction: keep the sealed answer for `grace` seconds, and
         forget the reply that bought the presented token (once a refresh token is spent, the
         one before it can no longer be retried)."""
-        conn.execute(FORGET_REPLY, {"bought": presented_hash})
+        prebuilt.execute(conn, FORGET_REPLY, {"bought": presented_hash})
         stamp = now()
-        conn.execute(
+        prebuilt.execute(
+            conn,
             KEEP_REPLY,
             {
                 "token_hash": presented_hash,
@@ -75,24 +93,12 @@ class RefreshReplies:
         """The same answer again, if the grace allows it: within the grace, the same client,
         the presented token spent but not revoked, and the token it bought still unspent and
         live. Otherwise None (the caller treats the request as a replay)."""
-        presented, successor = tokens.alias("presented"), tokens.alias("successor")
-        query = (
-            select(refresh_replies.c.sealed, refresh_replies.c.created_at)
-            .join(presented, presented.c.token_hash == refresh_replies.c.token_hash)
-            .join(successor, successor.c.token_hash == refresh_replies.c.successor_hash)
-            .join(token_families, token_families.c.grant_id == presented.c.grant_id)
-            .where(
-                refresh_replies.c.token_hash == secret_hash(refresh_token),
-                refresh_replies.c.client_id == client_id,
-                refresh_replies.c.expires_at > now(),
-                and_(presented.c.revoked_at.is_(None), token_families.c.revoked_at.is_(None)),
-                and_(successor.c.used_at.is_(None), successor.c.revoked_at.is_(None)),
-            )
+        row = self.db.read_first(
+            FIND_REPLY,
+            {"presented": secret_hash(refresh_token), "client_id": client_id, "now": now()},
         )
-        with self.db.engine.connect() as conn:
-            row = conn.execute(query).first()
         if row is None:
             return None
-        answer = json.loads(jwe.decrypt_compact(row.sealed, self._key(refresh_token)).plaintext)
-        answer["expires_in"] = max(0, answer["expires_in"] - (now() - row.created_at))
+        answer = json.loads(jwe.decrypt_compact(row["sealed"], self._key(refresh_token)).plaintext)
+        answer["expires_in"] = max(0, answer["expires_in"] - (now() - row["created_at"]))
         return answer

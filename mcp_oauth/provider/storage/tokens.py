@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
 from mcp_oauth.provider.records import IssuedToken, TokenFamily, TokenRecord
+from mcp_oauth.provider.storage import prebuilt
 from mcp_oauth.provider.storage.database import (
     Database,
     columns_from_record,
@@ -28,9 +29,9 @@ from mcp_oauth.provider.storage.refresh_replies import RefreshReplies
 from mcp_oauth.provider.storage.schema import token_exchanges, token_families, tokens
 from mcp_oauth.provider.storage.security_events import SecurityEvents
 
-# The hot statements are built once and only bind their values per request: building a
-# statement and its cache key costs several times what SQLite then takes to run it, and
-# SQLAlchemy's compiled cache finds the same statement object at once.
+# The hot statements are built once and only bind their values per request, on the driver's
+# cursor (prebuilt.py): building a statement and executing it through SQLAlchemy costs several
+# times what SQLite then takes to run it.
 FIND_TOKEN = (
     select(tokens, token_exchanges.c.subject_hash, token_exchanges.c.actors.label("actor_chain"))
     .outerjoin(token_exchanges, token_exchanges.c.token_hash == tokens.c.token_hash)
@@ -62,7 +63,8 @@ def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToke
     """A new family and its first tokens, inside the caller's transaction (so spending a code
     or a device code and storing what it bought commit together)."""
     issued_at = now()
-    conn.execute(
+    prebuilt.execute(
+        conn,
         INSERT_FAMILY,
         {**columns_from_record(family, family_id="grant_id"), "created_at": issued_at},
     )
@@ -72,7 +74,8 @@ def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToke
 def _insert_tokens(
     conn: Connection, family: TokenFamily, issued: list[IssuedToken], issued_at: int
 ) -> None:
-    conn.execute(
+    prebuilt.execute(
+        conn,
         INSERT_TOKENS,
         [
             {
@@ -100,7 +103,7 @@ def _lock_family(conn: Connection, family_id: str) -> bool:
     """Lock the family row for this transaction; False if the family is revoked. Whatever
     adds tokens to a family or revokes them takes this lock first, so a revocation either
     happens before (and the addition fails) or after (and also revokes what was added)."""
-    return bool(conn.execute(LOCK_FAMILY, {"family": family_id}).rowcount)
+    return bool(prebuilt.execute(conn, LOCK_FAMILY, {"family": family_id}))
 
 
 def _with_exchanged_descendants(conn: Connection, token_hash: str) -> set[str]:
@@ -177,7 +180,8 @@ class TokenStore:
     ) -> bool:
         """Store a token exchanged for `subject` in the subject's family, atomically with
         checking that the family and the subject token are still live; False otherwise."""
-        with self.db.write() as conn:
+
+        def store(conn: Connection) -> bool:
             if not _lock_family(conn, subject.family_id):
                 return False
             live = conn.execute(
@@ -200,6 +204,8 @@ class TokenStore:
                 ],
             )
             return True
+
+        return self.db.transaction(store)
 
     def find(self, value: str, kind: str | None = None) -> TokenRecord | None:
         """The token stored under the hash of `value` (one indexed read; on SQLite cheap
@@ -234,7 +240,7 @@ class TokenStore:
         def rotate(conn: Connection) -> bool:
             if not _lock_family(conn, old.family_id):
                 return False
-            spent = conn.execute(SPEND_TOKEN, {"spent": old.token_hash, "at": now()}).rowcount
+            spent = prebuilt.execute(conn, SPEND_TOKEN, {"spent": old.token_hash, "at": now()})
             if not spent:
                 return False
             _insert_tokens(conn, family, issued, now())
@@ -248,8 +254,9 @@ class TokenStore:
     def revoke_family(self, family_id: str, reason: str = "revoked", by: str = "system") -> int:
         """Revoke a family and every token in it; returns how many tokens were live. The
         event telling resource servers is appended in the same transaction."""
-        with self.db.write() as conn:
-            return self._revoke_families(conn, [family_id], reason, by, whole_user=None)
+        return self.db.transaction(
+            lambda conn: self._revoke_families(conn, [family_id], reason, by, whole_user=None)
+        )
 
     def _revoke_families(
         self,

@@ -1,0 +1,64 @@
+"""Hot statements built once, compiled once, and run on the driver's own cursor.
+
+Executing through a SQLAlchemy Connection costs about 100-200 µs a statement here (execution
+context, events, result set-up), several times what SQLite then takes to run an indexed
+INSERT or UPDATE; in the group committer's thread that cost was paid with the GIL held, so it
+slowed the event loop too. The hot reads (loop_reader.py, async_reader.py) and the hot
+writes of the grants (tokens.py, codes.py, refresh_replies.py) therefore compile their
+prebuilt statements once and run them with the driver's cursor: inside the caller's
+SQLAlchemy transaction for writes (the same connection, so the same transaction).
+
+Only for statements whose values need no SQLAlchemy type processing (text, integers, NULL)
+and whose tables give the omitted columns no Python-side default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable
+
+# (statement, dialect, inserted columns) -> (SQL, parameter names in order, or None if named)
+_compiled: dict[tuple[Executable, str, tuple[str, ...] | None], tuple[str, tuple | None]] = {}
+
+
+def compiled(
+    statement: Executable, dialect: Dialect, columns: tuple[str, ...] | None = None
+) -> tuple[str, tuple[str, ...] | None]:
+    """The SQL of `statement` for `dialect` and the names of its positional parameters in
+    order (None where the driver takes them by name, as psycopg). An INSERT is compiled
+    for the `columns` its rows give."""
+    key = (statement, dialect.name, columns)
+    found = _compiled.get(key)
+    if found is None:
+        done = statement.compile(dialect=dialect, column_keys=list(columns or ()) or None)
+        names = tuple(done.positiontup or ()) if done.positional else None
+        found = _compiled[key] = (done.string, names)
+    return found
+
+
+def bound(names: tuple[str, ...] | None, params: dict[str, Any]) -> Any:
+    """The parameters as the driver takes them: a tuple in order, or the dict itself."""
+    return params if names is None else tuple(params[name] for name in names)
+
+
+def execute(conn: Connection, statement: Executable, params: dict | list[dict]) -> int:
+    """Run a prebuilt INSERT, UPDATE or DELETE inside `conn`'s transaction, with one set of
+    parameters or (an INSERT) a list of rows; the number of rows it matched."""
+    rows = params if isinstance(params, list) else [params]
+    columns = tuple(rows[0]) if statement.is_insert else None
+    sql, names = compiled(statement, conn.dialect, columns)
+    driver = conn.dialect.loaded_dbapi
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        if len(rows) == 1:
+            cursor.execute(sql, bound(names, rows[0]))
+        else:
+            cursor.executemany(sql, [bound(names, row) for row in rows])
+        return cursor.rowcount
+    except driver.Error as exc:  # as SQLAlchemy would raise it (OperationalError, ...)
+        raise DBAPIError.instance(sql, rows, exc, driver.Error, True, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()
