@@ -136,3 +136,23 @@ def test_a_wrong_secret_is_refused_before_the_token_is_read(pg_provider):
         assert introspect(provider, token).status_code == 503
     finally:
         admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def test_postgresql_down_at_the_token_endpoint_is_503(pg_provider):
+    """A grant that cannot store its tokens because PostgreSQL is unreachable is answered
+    503 temporarily_unavailable with Retry-After (the outage is not the client's fault), not
+    a 500, for a client whether cached (the grant on the event loop, its write in a worker
+    thread) or not (its lookup awaited through the async pool)."""
+    provider, database = pg_provider
+    rs_token(provider)  # the resource server's client is now cached
+    admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        end_connections(database)
+        form = {"grant_type": "client_credentials", "resource": provider.resource}
+        for auth in (RS_AUTH, ("never-seen", "x")):
+            answer = httpx.post(f"{provider.url}/token", data=form, auth=auth, timeout=30)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == "temporarily_unavailable"
+            assert answer.headers["retry-after"] == "1"
+    finally:
+        admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
