@@ -4,13 +4,19 @@ same tokens again instead of having its family revoked. Outside it, a second use
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 
 import httpx
 import pytest
+from joserfc import jwe
+from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
 from sqlalchemy import create_engine, text
 
+from mcp_oauth.provider.storage.store import Store
 from tests.conftest import RS_AUTH, start_provider
 from tests.oauth_helpers import (
     CLIENT_ID,
@@ -209,3 +215,31 @@ def test_kill_9_during_concurrent_refreshes_revokes_no_family(database_url, tmp_
         assert all(active(crashing, r.json()["access_token"]) for r in after)
     finally:
         crashing.process.stop()
+
+
+def test_a_sealed_answer_is_a_standard_jwe_only_its_refresh_token_opens(tmp_path):
+    """The seal is built by hand for speed (refresh_replies.py), so check it against joserfc:
+    a compact JWE (dir, A256GCM) that opens with the key of the presented refresh token only,
+    and whose header and ciphertext cannot be altered unnoticed."""
+    replies = Store(f"sqlite:///{tmp_path}/seal.db").tokens.replies
+    answer = {"access_token": "a", "refresh_token": "r", "expires_in": 3600}
+    sealed = replies.seal("presented-token", answer)
+    header, key_part, *_ = sealed.split(".")
+    assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"alg": "dir", "enc": "A256GCM"}
+    assert key_part == "" and len(sealed.split(".")) == 5
+    opened = jwe.decrypt_compact(sealed, OctKey.import_key(replies._key("presented-token")))
+    assert json.loads(opened.plaintext) == answer
+    with pytest.raises((JoseError, ValueError)):
+        jwe.decrypt_compact(sealed, OctKey.import_key(replies._key("another-token")))
+    parts = sealed.split(".")
+    flipped = parts[3][:-2] + ("A" if parts[3][-2] != "A" else "B") + parts[3][-1]
+    with pytest.raises((JoseError, ValueError)):
+        jwe.decrypt_compact(
+            ".".join([*parts[:3], flipped, parts[4]]),
+            OctKey.import_key(replies._key("presented-token")),
+        )
+    altered = base64.urlsafe_b64encode(b'{"alg":"dir","enc":"A256GCM"}').rstrip(b"=").decode()
+    with pytest.raises((JoseError, ValueError)):
+        jwe.decrypt_compact(
+            ".".join([altered, *parts[1:]]), OctKey.import_key(replies._key("presented-token"))
+        )
