@@ -5,8 +5,8 @@ Authlib ships server integrations only for Flask and Django. Here the awaited re
 synchronous grant and endpoint code runs in a worker thread (it talks to the database) or,
 for the grants that may (RUNS_ON_EVENT_LOOP in grants.py), on the event loop in a greenlet
 that awaits the database (sync_on_loop.py), and its (status, body, headers) answer becomes a
-Starlette response. Which grants and endpoints
-it serves is decided in oauth_provider.py, with register_grant and register_endpoint.
+Starlette response. Which grants and endpoints it serves is decided in oauth_provider.py, with
+register_grant and register_endpoint.
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ from mcp_oauth.provider.scope_policy import OFFLINE_ACCESS
 from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 from mcp_oauth.provider.storage.store import Store
 from mcp_oauth.provider.sync_on_loop import off_loop, run_sync
-from mcp_oauth.provider.token_lookup_endpoints import (
-    TemporarilyUnavailableError,
-    TokenLookupEndpoints,
-)
+from mcp_oauth.provider.token_lookup_endpoints import TokenLookupEndpoints
 from mcp_oauth.provider.token_minter import TokenMinter
 from mcp_oauth.provider.users_file import UsersFile
+
+RETRY_AFTER_SECONDS = 1
 
 
 def authlib_refused_error_text(exc: ValueError) -> bool:
@@ -52,6 +51,18 @@ def authlib_refused_error_text(exc: ValueError) -> bool:
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
     return frame is not None and frame.tb_frame.f_code is OAuth2Error.__init__.__code__
+
+
+class TemporarilyUnavailableError(OAuth2Error):
+    """RFC 6749 §4.1.2.1's temporarily_unavailable, as an HTTP 503 with Retry-After (RFC 9110
+    §10.2.3): the database is briefly locked or unreachable; the request may be repeated as
+    it is."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+
+    def get_headers(self):
+        return [*super().get_headers(), ("Retry-After", str(RETRY_AFTER_SECONDS))]
 
 
 class AuthorizationServer(AuthlibAuthorizationServer):

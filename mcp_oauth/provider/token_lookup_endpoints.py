@@ -13,15 +13,13 @@ is awaited through the async driver (storage/async_reader.py). A revocation's wr
 not cached on PostgreSQL, and a client identified by a metadata document URL (fetched over the
 network) still run in a worker thread. A database too busy for the event loop's short wait
 (storage/loop_reader.py), or a PostgreSQL that does not answer in time, is answered 503
-temporarily_unavailable.
+temporarily_unavailable (AuthorizationServer._run).
 """
 
 from __future__ import annotations
 
 from authlib.consts import default_json_headers
-from authlib.oauth2.rfc6749.errors import OAuth2Error
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -31,21 +29,9 @@ from mcp_oauth.provider.checks import (
     token_is_active,
 )
 from mcp_oauth.provider.oauth_request import StarletteOAuth2Request
-from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 
 INACTIVE = {"active": False}
 RETRY_AFTER_SECONDS = 1
-
-
-class TemporarilyUnavailableError(OAuth2Error):
-    """RFC 6749 §4.1.2.1's temporarily_unavailable, as an HTTP 503 with Retry-After (RFC 9110
-    §10.2.3): the database is briefly locked; the request may be repeated as it is."""
-
-    error = "temporarily_unavailable"
-    status_code = 503
-
-    def get_headers(self):
-        return [*super().get_headers(), ("Retry-After", str(RETRY_AFTER_SECONDS))]
 
 
 class TokenLookupEndpoints:
@@ -94,17 +80,14 @@ class TokenLookupEndpoints:
         unknown): read on the event loop when the reads may run there (on PostgreSQL the token
         read is awaited), otherwise in a worker thread with the pooled reads."""
         endpoint = self._endpoint(endpoint_name)
-        try:
-            if not self._reads_on_event_loop(request):
-                client, token = await run_in_threadpool(
-                    self._client_and_token_in_thread, request, endpoint
-                )
-                return endpoint, client, token
-            client = self._authenticated_client(request, endpoint)
-            token = await self.server.store.tokens.find_async(check_token_parameter(request.form))
+        if not self._reads_on_event_loop(request):
+            client, token = await run_in_threadpool(
+                self._client_and_token_in_thread, request, endpoint
+            )
             return endpoint, client, token
-        except (DatabaseBusy, OperationalError) as exc:  # busy, or unreachable (pooled reads)
-            raise TemporarilyUnavailableError("the database is unavailable; try again") from exc
+        client = self._authenticated_client(request, endpoint)
+        token = await self.server.store.tokens.find_async(check_token_parameter(request.form))
+        return endpoint, client, token
 
     # -- RFC 7662 ---------------------------------------------------------------------------
 
