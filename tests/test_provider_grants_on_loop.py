@@ -20,6 +20,7 @@ from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.store import Store
 from mcp_oauth.provider.storage.tokens import insert_family
 from mcp_oauth.provider.sync_on_loop import off_loop, on_event_loop, run_sync, wait_for
+from tests.conftest import new_postgres_database
 
 RS_SECRET = "test-secret-0123456789abcdef0123456789"
 
@@ -148,12 +149,12 @@ def test_jobs_awaited_on_the_loop_share_one_commit_in_the_writer_thread(tmp_path
     store = Store(f"sqlite:///{path}")
     committer = store.db._group
     made = [_family() for _ in range(8)]
-    seen: list[tuple[int, str]] = []
+    seen: list[tuple[object, str]] = []
 
     def saving(index: int):
         def job(conn) -> int:
             insert_family(conn, *made[index])
-            seen.append((id(conn), threading.current_thread().name))
+            seen.append((conn, threading.current_thread().name))
             return index
 
         return job
@@ -173,8 +174,48 @@ def test_jobs_awaited_on_the_loop_share_one_commit_in_the_writer_thread(tmp_path
             time.sleep(0.01)
     thread.join(30)
     assert result == [[(i, True) for i in range(len(made))]]
-    assert len({conn for conn, _ in seen}) == 1  # one transaction
+    assert len({id(conn) for conn, _ in seen}) == 1  # one transaction
     assert {name for _, name in seen} == {"group-commit_0"}
+
+
+def test_on_postgresql_only_inserts_share_a_commit(monkeypatch):
+    """PostgreSQL: client_credentials' new rows (grouped_inserts) are committed together by
+    the writer thread, like SQLite's; a job that may lock existing rows (grouped: a
+    rotation, a code's redemption) keeps a transaction of its own, so no two replicas' batches
+    can wait on each other's row locks."""
+    with new_postgres_database("grouped") as url:
+        store = Store(url)
+        committer = store.db._group
+        made = [_family() for _ in range(6)]
+        seen: list[tuple[str, object]] = []
+
+        def job(kind: str, index: int):
+            def run(conn) -> int:
+                insert_family(conn, *made[index])
+                seen.append((kind, conn))  # kept alive, so no two share an id()
+                return index
+
+            return run
+
+        def grant(index: int) -> int:
+            if index < 4:
+                return store.db.grouped_inserts(job("insert", index))
+            return store.db.grouped(job("locking", index))
+
+        async def main() -> list:
+            return await asyncio.gather(*(run_sync(grant, i) for i in range(len(made))))
+
+        with committer._leader:
+            thread, result = _run_loop_in_thread(main)
+            deadline = time.monotonic() + 30
+            while len(committer._queue) < 4:
+                assert time.monotonic() < deadline, "the inserts were not queued"
+                time.sleep(0.01)
+        thread.join(30)
+        assert result == [list(range(len(made)))]
+        assert len({id(conn) for kind, conn in seen if kind == "insert"}) == 1
+        assert len({id(conn) for kind, conn in seen if kind == "locking"}) == 2  # one each
+        store.db.engine.dispose()
 
 
 def test_an_awaited_job_that_fails_fails_only_its_own_request(tmp_path):
@@ -291,7 +332,7 @@ def test_client_credentials_runs_on_the_event_loop_and_the_device_grant_in_a_thr
     grouped commit on the event loop; the device grant (its poll is a write transaction of
     its own) stays in a worker thread."""
     calls: list[tuple[str, bool]] = []
-    grouped, write = Database.grouped, Database.write
+    grouped, write = Database.grouped_inserts, Database.write
 
     def recording_grouped(self, job):
         calls.append(("grouped", on_event_loop()))
@@ -301,7 +342,7 @@ def test_client_credentials_runs_on_the_event_loop_and_the_device_grant_in_a_thr
         calls.append(("write", on_event_loop()))
         return write(self)
 
-    monkeypatch.setattr(Database, "grouped", recording_grouped)
+    monkeypatch.setattr(Database, "grouped_inserts", recording_grouped)
     monkeypatch.setattr(Database, "write", recording_write)
     auth = ("mcp-resource-server", RS_SECRET)
     answer = app.post("/token", data={"grant_type": "client_credentials"}, auth=auth)

@@ -84,7 +84,11 @@ class Database:
         # so the hot endpoints run them on the event loop; PostgreSQL reads cross the network,
         # so the hot endpoints await them on the event loop (read_first_async).
         self.reads_inline = sqlite
-        self._group = GroupCommitter(self.write) if sqlite else None
+        # SQLite: every grouped write shares commits. PostgreSQL: only writes that insert new
+        # rows and touch no existing one (grouped_inserts), which take no row lock another
+        # transaction could wait for, so batches of two replicas cannot deadlock.
+        self._group = GroupCommitter(self.write)
+        self._group_all = sqlite
         self._loop_reader = LoopReader(self.engine) if sqlite else None
         self._async_reader = None
         if not sqlite:
@@ -148,12 +152,22 @@ class Database:
     def grouped(self, job: Callable[[Connection], Record]) -> Record:
         """`job(conn)` in a committed write transaction, returning its result: on SQLite one
         shared with the other writes waiting meanwhile (group_commit.py); on PostgreSQL a
-        transaction of its own. Only for jobs that are correct whatever else commits with
-        them (they decide single use by their own UPDATEs). A job must not catch database
-        errors: SQLite rolls the whole shared transaction back on some (SQLITE_FULL, IOERR,
-        NOMEM, BUSY), and the jobs after it would then run outside any transaction."""
-        if self._group is None:
+        transaction of its own (its row locks must not be held together with another job's).
+        Only for jobs that are correct whatever else commits with them (they decide single
+        use by their own UPDATEs). A job must not catch database errors: SQLite rolls the
+        whole shared transaction back on some (SQLITE_FULL, IOERR, NOMEM, BUSY), and the jobs
+        after it would then run outside any transaction."""
+        if not self._group_all:
             return self.transaction(job)
+        return self._in_group(job)
+
+    def grouped_inserts(self, job: Callable[[Connection], Record]) -> Record:
+        """`grouped` for a job that only inserts new rows (it reads, updates and locks none
+        that exist): shared commits on PostgreSQL too, where such batches hold no lock that
+        another transaction could wait for."""
+        return self._in_group(job)
+
+    def _in_group(self, job: Callable[[Connection], Record]) -> Record:
         if on_event_loop():  # a grant on the event loop: the commit is awaited there
             return wait_for(self._group.run_async(job))
         return self._group.run(job)

@@ -20,9 +20,10 @@ queue holds jobs; the futures of a batch are resolved on their event loop in one
 committed. So the event loop never waits for the write lock or an fsync, and a burst of
 requests costs one thread hand-off per batch rather than one per request.
 
-Only for SQLite: on PostgreSQL a batch would hold the row locks of unrelated requests
-together, and two replicas' batches could deadlock; there every job keeps its own
-transaction (Database.write).
+On PostgreSQL only jobs that insert new rows and touch no existing one are grouped
+(Database.grouped_inserts: client_credentials): a batch of jobs that lock rows would hold
+the row locks of unrelated requests together, and two replicas' batches could deadlock; every
+other job keeps its own transaction there (Database.transaction).
 """
 
 from __future__ import annotations

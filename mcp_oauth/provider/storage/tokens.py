@@ -167,9 +167,10 @@ class TokenStore:
         self.replies = RefreshReplies(db)
 
     def save_family(self, family: TokenFamily, issued: list[IssuedToken]) -> None:
-        """A new family and its tokens (client_credentials): independent of any other write,
-        so committed together with whatever else is waiting (Database.grouped)."""
-        self.db.grouped(lambda conn: insert_family(conn, family, issued))
+        """A new family and its tokens (client_credentials): new rows only, independent of
+        any other write, so committed together with whatever else is waiting, on PostgreSQL
+        too (Database.grouped_inserts)."""
+        self.db.grouped_inserts(lambda conn: insert_family(conn, family, issued))
 
     def save_exchanged(
         self,
