@@ -31,7 +31,6 @@ from mcp_oauth.provider.checks import (
 from mcp_oauth.provider.oauth_request import StarletteOAuth2Request
 
 INACTIVE = {"active": False}
-RETRY_AFTER_SECONDS = 1
 
 
 class TokenLookupEndpoints:
