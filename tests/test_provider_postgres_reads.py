@@ -4,6 +4,7 @@ PostgreSQL's own switches (ALLOW_CONNECTIONS, pg_terminate_backend)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -13,6 +14,9 @@ import pytest
 from sqlalchemy import make_url
 
 from mcp_oauth.provider.storage.async_reader import APPLICATION_NAME
+from mcp_oauth.provider.storage.database import Database
+from mcp_oauth.provider.storage.schema import tokens
+from mcp_oauth.provider.storage.tokens import FIND_TOKEN, FIND_TOKENS
 from tests.conftest import (
     POSTGRES_ADMIN_URL,
     RS_AUTH,
@@ -156,3 +160,51 @@ def test_postgresql_down_at_the_token_endpoint_is_503(pg_provider):
             assert answer.headers["retry-after"] == "1"
     finally:
         admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_row():
+    """Introspections on PostgreSQL read tokens in batches (AsyncReader.first_by_key): the
+    reads asked for in one turn of the event loop are answered by one query, and each reader
+    gets the row of its own key, or None for an unknown one: never another reader's token
+    (a stored token, an unknown one and the same token twice, interleaved)."""
+    with new_postgres_database("keyed_reads") as url:
+        db = Database(url)
+        stored = [f"{n:064x}" for n in range(12)]
+        unknown = [f"{n:064x}" for n in range(100, 106)]
+        with db.write() as conn:
+            conn.execute(
+                tokens.insert(),
+                [
+                    {"token_hash": key, "kind": "access", "grant_id": f"family-{n}",
+                     "client_id": f"client-{n}", "scope": "read", "issued_at": 0,
+                     "expires_at": 2**31 - 1}
+                    for n, key in enumerate(stored)
+                ],
+            )  # fmt: skip
+        reader, queries = db._async_reader, []
+        answer = reader._answer
+
+        async def counted(sql, params, fetch):
+            queries.append(params)
+            return await answer(sql, params, fetch)
+
+        reader._answer = counted
+        asked = [key for pair in zip(stored + stored[:6], unknown * 3) for key in pair]
+
+        async def read_all() -> list:
+            async with db.async_reads():
+                return await asyncio.gather(
+                    *(db.read_by_key_async(FIND_TOKEN, FIND_TOKENS, "token_hash", key)
+                      for key in asked)
+                )  # fmt: skip
+
+        rows = asyncio.run(read_all())
+        db.engine.dispose()
+    for key, row in zip(asked, rows, strict=True):
+        if key in stored:
+            assert row["token_hash"] == key
+            assert row["client_id"] == f"client-{stored.index(key)}"
+        else:
+            assert row is None
+    assert len(queries) == 1, queries
+    assert sorted(queries[0]["keys"]) == sorted(set(asked))

@@ -6,6 +6,12 @@ and set the pace of every introspection. Here the hot reads (prebuilt statements
 once, prepared on the server) are awaited on the event loop, so other requests go on while
 PostgreSQL answers.
 
+The hottest read, a token by its hash (every introspection), is also batched (`first_by_key`):
+the reads asked for while one query is in flight wait for the next, which answers them all
+with one `= ANY(:keys)` query. Under load that is one statement's Python cost (psycopg's
+execute, the pool, the waits: most of an introspection's CPU on PostgreSQL, profiled) shared
+by every request that arrived meanwhile; alone, a read is one query, as before.
+
 After a failed read the pool's connections are checked (those a server restart ended are
 replaced) and the read is tried once more; a read that cannot be answered within
 READ_TIMEOUT_SECONDS (PostgreSQL down or overloaded) raises DatabaseBusy, which the endpoints
@@ -15,9 +21,13 @@ answer 503 temporarily_unavailable, never 401.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import psycopg
+from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import Engine
@@ -32,11 +42,23 @@ POOL_SIZE = 4  # connections per process: PostgreSQL answers these reads in well
 APPLICATION_NAME = "mcp-oauth event-loop reads"  # how these connections show in pg_stat_activity
 
 
+Fetch = Callable[[AsyncCursor], Awaitable[Any]]
+
+
+@dataclass
+class KeyedReads:
+    """The reads of one batch statement waiting for its next query: futures by key."""
+
+    waiting: dict[Any, list[asyncio.Future]] = field(default_factory=dict)
+    answering: asyncio.Task | None = None  # the task running the queries, while there is one
+
+
 class AsyncReader:
     def __init__(self, engine: Engine, url: str):
         self._engine = engine
         self._conninfo = libpq_url(url)
         self._pool: AsyncConnectionPool | None = None  # opened on the event loop, at first use
+        self._keyed: dict[Executable, KeyedReads] = {}
 
     def _sql(self, statement: Executable) -> str:
         # psycopg's %(name)s placeholders, as SQLAlchemy's psycopg dialect: params by name
@@ -44,22 +66,63 @@ class AsyncReader:
 
     async def first(self, statement: Executable, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of `statement` with `params` bound, as a dict by column name."""
-        sql = self._sql(statement)
+        return await self._answer(self._sql(statement), params, AsyncCursor.fetchone)
+
+    async def first_by_key(
+        self, batch: Executable, column: str, key: Any
+    ) -> dict[str, Any] | None:
+        """The row whose `column` is `key`, read with `batch` (a SELECT of rows WHERE
+        `column` = ANY(:keys)) together with the other keys asked for meanwhile; None if
+        there is none. Rows are shared by the readers of one key: read them, never change."""
+        loop = asyncio.get_running_loop()
+        reads = self._keyed.get(batch) or self._keyed.setdefault(batch, KeyedReads())
+        future = loop.create_future()
+        reads.waiting.setdefault(key, []).append(future)
+        if reads.answering is None:  # starts on the next turn: this turn's reads join it
+            reads.answering = loop.create_task(self._answer_keyed(batch, column, reads))
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                return await future
+        except TimeoutError as exc:
+            raise DatabaseBusy("PostgreSQL did not answer in time") from exc
+
+    async def _answer_keyed(self, batch: Executable, column: str, reads: KeyedReads) -> None:
+        """One query per round for every key waiting, until none is."""
+        sql = self._sql(batch)
+        try:
+            while reads.waiting:
+                asked, reads.waiting = reads.waiting, {}
+                try:
+                    rows = await self._answer(sql, {"keys": list(asked)}, AsyncCursor.fetchall)
+                except Exception as exc:  # DatabaseBusy, or a bug: each reader raises it
+                    for future in chain.from_iterable(asked.values()):
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                found = {row[column]: row for row in rows}
+                for key, futures in asked.items():
+                    for future in futures:
+                        if not future.done():  # (done: cancelled by a reader that stopped waiting)
+                            future.set_result(found.get(key))
+        finally:
+            reads.answering = None
+
+    async def _answer(self, sql: str, params: dict[str, Any], fetch: Fetch) -> Any:
+        """`fetch` of `sql` run with `params`; DatabaseBusy if PostgreSQL cannot answer."""
         try:
             async with asyncio.timeout(READ_TIMEOUT_SECONDS):
                 await self._opened_pool().open()
                 try:
-                    return await self._read(sql, params)
+                    return await self._read(sql, params, fetch)
                 except psycopg.OperationalError:  # e.g. connections a server restart ended
                     await self._opened_pool().check()  # replace the broken ones; once more
-                    return await self._read(sql, params)
+                    return await self._read(sql, params, fetch)
         except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
             raise DatabaseBusy(f"PostgreSQL did not answer: {exc!r}") from exc
 
-    async def _read(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    async def _read(self, sql: str, params: dict[str, Any], fetch: Fetch) -> Any:
         async with self._opened_pool().connection() as conn:
-            cursor = await conn.execute(sql, params)
-            return await cursor.fetchone()
+            return await fetch(await conn.execute(sql, params))
 
     def _opened_pool(self) -> AsyncConnectionPool:
         """The pool, made at first use: it belongs to the event loop that first reads."""

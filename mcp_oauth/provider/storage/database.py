@@ -133,12 +133,14 @@ class Database:
             row = conn.execute(statement, params).first()
         return None if row is None else row._mapping
 
-    async def read_first_async(self, statement, params: dict[str, Any]) -> Any:
-        """read_first for a coroutine on the event loop: on PostgreSQL awaited through
-        psycopg's async driver (storage/async_reader.py), on SQLite read_first itself."""
+    async def read_by_key_async(self, statement, batch, column: str, key: Any) -> Any:
+        """The row `statement` reads with {column: key}, for a coroutine on the event loop:
+        on SQLite read_first itself; on PostgreSQL awaited through psycopg's async driver,
+        with `batch` (WHERE column = ANY(:keys)) answering the reads of other keys asked for
+        meanwhile in the same query (AsyncReader.first_by_key)."""
         if self._async_reader is None:
-            return self.read_first(statement, params)
-        return await self._async_reader.first(statement, params)
+            return self.read_first(statement, {column: key})
+        return await self._async_reader.first_by_key(batch, column, key)
 
     @asynccontextmanager
     async def async_reads(self) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import any_, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from mcp_oauth.provider.hashed_secrets import secret_hash
@@ -32,11 +32,12 @@ from mcp_oauth.provider.storage.security_events import SecurityEvents
 # The hot statements are built once and only bind their values per request, on the driver's
 # cursor (prebuilt.py): building a statement and executing it through SQLAlchemy costs several
 # times what SQLite then takes to run it.
-FIND_TOKEN = (
-    select(tokens, token_exchanges.c.subject_hash, token_exchanges.c.actors.label("actor_chain"))
-    .outerjoin(token_exchanges, token_exchanges.c.token_hash == tokens.c.token_hash)
-    .where(tokens.c.token_hash == bindparam("token_hash"))
-)
+TOKEN_ROWS = select(
+    tokens, token_exchanges.c.subject_hash, token_exchanges.c.actors.label("actor_chain")
+).outerjoin(token_exchanges, token_exchanges.c.token_hash == tokens.c.token_hash)
+FIND_TOKEN = TOKEN_ROWS.where(tokens.c.token_hash == bindparam("token_hash"))
+# PostgreSQL: the introspections waiting meanwhile, in one query (Database.read_by_key_async)
+FIND_TOKENS = TOKEN_ROWS.where(tokens.c.token_hash == any_(bindparam("keys")))
 FIND_TOKEN_OF_KIND = FIND_TOKEN.where(tokens.c.kind == bindparam("kind"))
 INSERT_FAMILY = insert(token_families)
 INSERT_TOKENS = insert(tokens)
@@ -215,9 +216,11 @@ class TokenStore:
         return _token_record(self.db.read_first(FIND_TOKEN_OF_KIND if kind else FIND_TOKEN, params))
 
     async def find_async(self, value: str) -> TokenRecord | None:
-        """find, awaited on the event loop (Database.read_first_async)."""
+        """find, awaited on the event loop (Database.read_by_key_async)."""
         return _token_record(
-            await self.db.read_first_async(FIND_TOKEN, {"token_hash": secret_hash(value)})
+            await self.db.read_by_key_async(
+                FIND_TOKEN, FIND_TOKENS, "token_hash", secret_hash(value)
+            )
         )
 
     def rotate_refresh_token(
