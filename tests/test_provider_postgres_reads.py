@@ -189,7 +189,7 @@ def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_ro
             return await answer(sql, params, fetch)
 
         reader._answer = counted
-        asked = [key for pair in zip(stored + stored[:6], unknown * 3) for key in pair]
+        asked = [key for pair in zip(stored + stored[:6], unknown * 3, strict=True) for key in pair]
 
         async def read_all() -> list:
             async with db.async_reads():

@@ -68,9 +68,7 @@ class AsyncReader:
         """The first row of `statement` with `params` bound, as a dict by column name."""
         return await self._answer(self._sql(statement), params, AsyncCursor.fetchone)
 
-    async def first_by_key(
-        self, batch: Executable, column: str, key: Any
-    ) -> dict[str, Any] | None:
+    async def first_by_key(self, batch: Executable, column: str, key: Any) -> dict[str, Any] | None:
         """The row whose `column` is `key`, read with `batch` (a SELECT of rows WHERE
         `column` = ANY(:keys)) together with the other keys asked for meanwhile; None if
         there is none. Rows are shared by the readers of one key: read them, never change."""
