@@ -10,7 +10,9 @@ import sqlite3
 import threading
 import time
 
+import psycopg
 import pytest
+from sqlalchemy.exc import IntegrityError
 from starlette.testclient import TestClient
 
 import oauth_provider
@@ -215,6 +217,49 @@ def test_on_postgresql_only_inserts_share_a_commit(monkeypatch):
         assert result == [list(range(len(made)))]
         assert len({id(conn) for kind, conn in seen if kind == "insert"}) == 1
         assert len({id(conn) for kind, conn in seen if kind == "locking"}) == 2  # one each
+        store.db.engine.dispose()
+
+
+def test_on_postgresql_a_batch_is_one_pipeline_and_a_failing_insert_fails_only_its_request():
+    """PostgreSQL: a batch of grouped inserts is sent in one psycopg pipeline (no round trip
+    per statement); an insert the server refuses, seen only when the pipeline ends, fails
+    its own request alone (here: a family stored twice), and the others are stored."""
+    with new_postgres_database("pipelined") as url:
+        store = Store(url)
+        committer = store.db._group
+        made = [_family() for _ in range(3)]
+        made[1] = made[0]  # the same family and token again: refused by the primary keys
+        pipelined: list[bool] = []
+
+        def job(index: int):
+            def run(conn) -> str:
+                status = conn.connection.dbapi_connection.pgconn.pipeline_status
+                pipelined.append(status != psycopg.pq.PipelineStatus.OFF)
+                insert_family(conn, *made[index])
+                return "stored"
+
+            return run
+
+        def grant(index: int) -> str:
+            try:
+                return store.db.grouped_inserts(job(index))
+            except IntegrityError:
+                return "refused"
+
+        async def main() -> list:
+            return await asyncio.gather(*(run_sync(grant, i) for i in range(3)))
+
+        with committer._leader:
+            thread, result = _run_loop_in_thread(main)
+            deadline = time.monotonic() + 30
+            while len(committer._queue) < 3:
+                assert time.monotonic() < deadline, "the inserts were not queued"
+                time.sleep(0.01)
+        thread.join(30)
+        assert result == [["stored", "refused", "stored"]]
+        assert pipelined[:3] == [True, True, True]  # the batch; then each job alone
+        stored = {t.value for family, issued in made for t in issued}
+        assert all(store.tokens.find(value) is not None for value in stored)
         store.db.engine.dispose()
 
 

@@ -60,6 +60,14 @@ def add_missing_columns(conn: Connection) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
+def pipelined(conn: Connection):
+    """PostgreSQL's grouped batches hold only inserts (Database.grouped_inserts), none of which
+    reads a result before the commit: they go to the server in one psycopg pipeline rather
+    than one round trip per statement. An error shows when the pipeline ends, still inside
+    the batch (group_commit.py then runs each job alone)."""
+    return conn.connection.dbapi_connection.pipeline()
+
+
 def run_after_commit(callback: Callable[[], None]) -> None:
     """A callback of a committed transaction: its failure is logged, never reported as the
     transaction's (a caller told "failed" after COMMIT would, for a rotation, lose a spent
@@ -82,12 +90,14 @@ class Database:
         self._sqlite_writer = threading.Lock() if sqlite else None
         # SQLite: short indexed reads are microseconds, cheaper than a hop to a worker thread,
         # so the hot endpoints run them on the event loop; PostgreSQL reads cross the network,
-        # so the hot endpoints await them on the event loop (read_first_async).
+        # so the hot endpoints await them on the event loop (read_by_key_async).
         self.reads_inline = sqlite
         # SQLite: every grouped write shares commits. PostgreSQL: only writes that insert new
         # rows and touch no existing one (grouped_inserts), which take no row lock another
         # transaction could wait for, so batches of two replicas cannot deadlock.
-        self._group = GroupCommitter(self.write)
+        self._group = (
+            GroupCommitter(self.write) if sqlite else GroupCommitter(self.write, pipelined)
+        )
         self._group_all = sqlite
         self._loop_reader = LoopReader(self.engine) if sqlite else None
         self._async_reader = None

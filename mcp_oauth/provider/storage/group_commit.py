@@ -23,7 +23,9 @@ requests costs one thread hand-off per batch rather than one per request.
 On PostgreSQL only jobs that insert new rows and touch no existing one are grouped
 (Database.grouped_inserts: client_credentials): a batch of jobs that lock rows would hold
 the row locks of unrelated requests together, and two replicas' batches could deadlock; every
-other job keeps its own transaction there (Database.transaction).
+other job keeps its own transaction there (Database.transaction). There a batch's statements
+go to the server in one pipeline (`sending`: Database's `pipelined`), so an error of one job
+shows only when the pipeline ends: still inside the batch, so that job alone fails as above.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -57,8 +59,13 @@ class _Rerun(Exception):
 
 
 class GroupCommitter:
-    def __init__(self, write: Callable[[], AbstractContextManager[Connection]]):
+    def __init__(
+        self,
+        write: Callable[[], AbstractContextManager[Connection]],
+        sending: Callable[[Connection], AbstractContextManager] = lambda conn: nullcontext(),
+    ):
         self._write = write  # Database.write: the transaction a batch runs in
+        self._sending = sending  # around a batch's jobs: what it raises on exit is theirs
         self._queue: deque[_Job] = deque()
         self._leader = threading.Lock()
         self._writer = ThreadPoolExecutor(1, "group-commit")  # leads for run_async's jobs
@@ -131,11 +138,12 @@ class GroupCommitter:
         try:
             with self._write() as conn:
                 results = []
-                for job in batch:
-                    try:
-                        results.append(job.work(conn))
-                    except Exception as exc:
-                        raise _Rerun from exc
+                try:
+                    with self._sending(conn):
+                        for job in batch:
+                            results.append(job.work(conn))
+                except Exception as exc:
+                    raise _Rerun from exc
         except _Rerun:
             for job in batch:
                 self._alone(job)
