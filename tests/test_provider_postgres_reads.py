@@ -5,6 +5,7 @@ PostgreSQL's own switches (ALLOW_CONNECTIONS, pg_terminate_backend)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
-from mcp_oauth.provider.storage.async_reader import APPLICATION_NAME
+from mcp_oauth.provider.storage.async_reader import APPLICATION_NAME, POOL_SIZE
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.schema import tokens
 from mcp_oauth.provider.storage.tokens import FIND_TOKEN, FIND_TOKENS
@@ -162,6 +163,22 @@ def test_postgresql_down_at_the_token_endpoint_is_503(pg_provider):
         admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
 
+def _stored_tokens(db: Database, count: int) -> list[str]:
+    """`count` token hashes stored in `db`, token n of client-n."""
+    stored = [f"{n:064x}" for n in range(count)]
+    with db.write() as conn:
+        conn.execute(
+            tokens.insert(),
+            [
+                {"token_hash": key, "kind": "access", "grant_id": f"family-{n}",
+                 "client_id": f"client-{n}", "scope": "read", "issued_at": 0,
+                 "expires_at": 2**31 - 1}
+                for n, key in enumerate(stored)
+            ],
+        )  # fmt: skip
+    return stored
+
+
 def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_row():
     """Introspections on PostgreSQL read tokens in batches (AsyncReader.first_by_key): the
     reads asked for in one turn of the event loop are answered by one query, and each reader
@@ -169,18 +186,8 @@ def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_ro
     (a stored token, an unknown one and the same token twice, interleaved)."""
     with new_postgres_database("keyed_reads") as url:
         db = Database(url)
-        stored = [f"{n:064x}" for n in range(12)]
+        stored = _stored_tokens(db, 12)
         unknown = [f"{n:064x}" for n in range(100, 106)]
-        with db.write() as conn:
-            conn.execute(
-                tokens.insert(),
-                [
-                    {"token_hash": key, "kind": "access", "grant_id": f"family-{n}",
-                     "client_id": f"client-{n}", "scope": "read", "issued_at": 0,
-                     "expires_at": 2**31 - 1}
-                    for n, key in enumerate(stored)
-                ],
-            )  # fmt: skip
         reader, queries = db._async_reader, []
         answer = reader._answer
 
@@ -208,3 +215,38 @@ def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_ro
             assert row is None
     assert len(queries) == 1, queries
     assert sorted(queries[0]["keys"]) == sorted(set(asked))
+
+
+def test_batched_token_reads_are_planned_for_their_own_keys():
+    """The batch read (`= ANY(:keys)`) is prepared on the server but planned for each
+    execution's keys, never from a plan kept since the table was nearly empty: such a
+    generic plan scanned the whole tokens table, and every introspection slowed as
+    client_credentials filled it (0.1 ms became 3-5 ms a read, measured). PostgreSQL's own
+    count of the statement's plans says which it used."""
+    with new_postgres_database("custom_plans") as url:
+        db = Database(url)
+        stored = _stored_tokens(db, 2)
+
+        async def read_and_count_plans() -> list[dict]:
+            pool = db._async_reader._opened_pool()
+            async with db.async_reads():
+                for _ in range(24):  # PostgreSQL turns to a generic plan after five, per connection
+                    row = await db.read_by_key_async(
+                        FIND_TOKEN, FIND_TOKENS, "token_hash", stored[0]
+                    )
+                    assert row["token_hash"] == stored[0]
+                plans = []
+                async with contextlib.AsyncExitStack() as held:  # every connection of the pool
+                    for _ in range(POOL_SIZE):
+                        conn = await held.enter_async_context(pool.connection())
+                        cursor = await conn.execute(
+                            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                            "WHERE statement LIKE 'SELECT tokens.%= ANY%'"
+                        )
+                        plans += await cursor.fetchall()
+                return plans
+
+        plans = asyncio.run(read_and_count_plans())
+        db.engine.dispose()
+    assert sum(plan["generic_plans"] for plan in plans) == 0, plans
+    assert sum(plan["custom_plans"] for plan in plans) == 24, plans

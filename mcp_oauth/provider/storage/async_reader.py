@@ -47,10 +47,12 @@ Fetch = Callable[[AsyncCursor], Awaitable[Any]]
 
 @dataclass
 class KeyedReads:
-    """The reads of one batch statement waiting for its next query: futures by key."""
+    """The reads of one batch statement waiting for a query (futures by key), and the tasks
+    querying for them."""
 
     waiting: dict[Any, list[asyncio.Future]] = field(default_factory=dict)
-    answering: asyncio.Task | None = None  # the task running the queries, while there is one
+    answering: set[asyncio.Task] = field(default_factory=set)
+    starting: bool = False  # a task is about to take what waits: no other need start
 
 
 class AsyncReader:
@@ -76,8 +78,12 @@ class AsyncReader:
         reads = self._keyed.get(batch) or self._keyed.setdefault(batch, KeyedReads())
         future = loop.create_future()
         reads.waiting.setdefault(key, []).append(future)
-        if reads.answering is None:  # starts on the next turn: this turn's reads join it
-            reads.answering = loop.create_task(self._answer_keyed(batch, column, reads))
+        if not reads.starting and len(reads.answering) < POOL_SIZE:
+            # It starts on the next turn: the reads of this turn join it.
+            reads.starting = True
+            task = loop.create_task(self._answer_keyed(batch, column, reads))
+            reads.answering.add(task)
+            task.add_done_callback(reads.answering.discard)
         try:
             async with asyncio.timeout(READ_TIMEOUT_SECONDS):
                 return await future
@@ -85,25 +91,25 @@ class AsyncReader:
             raise DatabaseBusy("PostgreSQL did not answer in time") from exc
 
     async def _answer_keyed(self, batch: Executable, column: str, reads: KeyedReads) -> None:
-        """One query per round for every key waiting, until none is."""
+        """One query for every key waiting, again until none is. While it is in flight the
+        next reads may start another (up to POOL_SIZE at once), so a PostgreSQL slow to
+        answer (busy vacuuming, say) does not hold every reader behind one query."""
         sql = self._sql(batch)
-        try:
-            while reads.waiting:
-                asked, reads.waiting = reads.waiting, {}
-                try:
-                    rows = await self._answer(sql, {"keys": list(asked)}, AsyncCursor.fetchall)
-                except Exception as exc:  # DatabaseBusy, or a bug: each reader raises it
-                    for future in chain.from_iterable(asked.values()):
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                found = {row[column]: row for row in rows}
-                for key, futures in asked.items():
-                    for future in futures:
-                        if not future.done():  # (done: cancelled by a reader that stopped waiting)
-                            future.set_result(found.get(key))
-        finally:
-            reads.answering = None
+        reads.starting = False
+        while reads.waiting:
+            asked, reads.waiting = reads.waiting, {}
+            try:
+                rows = await self._answer(sql, {"keys": list(asked)}, AsyncCursor.fetchall)
+            except Exception as exc:  # DatabaseBusy, or a bug: each reader raises it
+                for future in chain.from_iterable(asked.values()):
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            found = {row[column]: row for row in rows}
+            for key, futures in asked.items():
+                for future in futures:
+                    if not future.done():  # (done: cancelled by a reader that stopped waiting)
+                        future.set_result(found.get(key))
 
     async def _answer(self, sql: str, params: dict[str, Any], fetch: Fetch) -> Any:
         """`fetch` of `sql` run with `params`; DatabaseBusy if PostgreSQL cannot answer."""
@@ -134,6 +140,10 @@ class AsyncReader:
                     "autocommit": True,
                     "row_factory": dict_row,
                     "prepare_threshold": 0,  # prepared on the server at first use
+                    # ... and planned for each execution's own values: a plan kept from when
+                    # the tokens table was nearly empty scanned all of it for `= ANY(:keys)`
+                    # (measured: 0.1 ms became 3-5 ms per read as client_credentials filled it)
+                    "options": "-c plan_cache_mode=force_custom_plan",
                     "application_name": APPLICATION_NAME,
                 },
             )
