@@ -7,10 +7,11 @@ once, prepared on the server) are awaited on the event loop, so other requests g
 PostgreSQL answers.
 
 The hottest read, a token by its hash (every introspection), is also batched (`first_by_key`):
-the reads asked for while one query is in flight wait for the next, which answers them all
-with one `= ANY(:keys)` query. Under load that is one statement's Python cost (psycopg's
-execute, the pool, the waits: most of an introspection's CPU on PostgreSQL, profiled) shared
-by every request that arrived meanwhile; alone, a read is one query, as before.
+the reads asked for in one turn of the event loop, or while POOL_SIZE queries are in flight,
+are answered together by the next query, `= ANY(:keys)`. Under load that is one statement's
+Python cost (psycopg's execute, the pool, the waits: most of an introspection's CPU on
+PostgreSQL, profiled) shared by every request that arrived meanwhile; alone, a read is one
+query, as before.
 
 After a failed read the pool's connections are checked (those a server restart ended are
 replaced) and the read is tried once more; a read that cannot be answered within
