@@ -71,10 +71,13 @@ class AsyncReader:
         """The first row of `statement` with `params` bound, as a dict by column name."""
         return await self._answer(self._sql(statement), params, AsyncCursor.fetchone)
 
-    async def first_by_key(self, batch: Executable, column: str, key: Any) -> dict[str, Any] | None:
-        """The row whose `column` is `key`, read with `batch` (a SELECT of rows WHERE
-        `column` = ANY(:keys)) together with the other keys asked for meanwhile; None if
-        there is none. Rows are shared by the readers of one key: read them, never change."""
+    async def first_by_key(
+        self, statement: Executable, batch: Executable, column: str, key: Any
+    ) -> dict[str, Any] | None:
+        """The row whose `column` is `key`; None if there is none. Read with `statement`
+        (WHERE `column` = :`column`) when no other key is waiting, else with `batch` (WHERE
+        `column` = ANY(:keys)) together with the others. Rows are shared by the readers of
+        one key: read them, never change them."""
         loop = asyncio.get_running_loop()
         reads = self._keyed.get(batch) or self._keyed.setdefault(batch, KeyedReads())
         future = loop.create_future()
@@ -82,7 +85,7 @@ class AsyncReader:
         if not reads.starting and len(reads.answering) < POOL_SIZE:
             # It starts on the next turn: the reads of this turn join it.
             reads.starting = True
-            task = loop.create_task(self._answer_keyed(batch, column, reads))
+            task = loop.create_task(self._answer_keyed(statement, batch, column, reads))
             reads.answering.add(task)
             task.add_done_callback(reads.answering.discard)
         try:
@@ -91,16 +94,17 @@ class AsyncReader:
         except TimeoutError as exc:
             raise DatabaseBusy("PostgreSQL did not answer in time") from exc
 
-    async def _answer_keyed(self, batch: Executable, column: str, reads: KeyedReads) -> None:
+    async def _answer_keyed(
+        self, statement: Executable, batch: Executable, column: str, reads: KeyedReads
+    ) -> None:
         """One query for every key waiting, again until none is. While it is in flight the
         next reads may start another (up to POOL_SIZE at once), so a PostgreSQL slow to
         answer (busy vacuuming, say) does not hold every reader behind one query."""
-        sql = self._sql(batch)
         reads.starting = False
         while reads.waiting:
             asked, reads.waiting = reads.waiting, {}
             try:
-                rows = await self._answer(sql, {"keys": list(asked)}, AsyncCursor.fetchall)
+                rows = await self._rows_of(statement, batch, column, list(asked))
             except Exception as exc:  # DatabaseBusy, or a bug: each reader raises it
                 for future in chain.from_iterable(asked.values()):
                     if not future.done():
@@ -112,22 +116,42 @@ class AsyncReader:
                     if not future.done():  # (done: cancelled by a reader that stopped waiting)
                         future.set_result(found.get(key))
 
-    async def _answer(self, sql: str, params: dict[str, Any], fetch: Fetch) -> Any:
-        """`fetch` of `sql` run with `params`; DatabaseBusy if PostgreSQL cannot answer."""
+    async def _rows_of(
+        self, statement: Executable, batch: Executable, column: str, keys: list
+    ) -> list[dict[str, Any]]:
+        """The rows of `keys`: one key with `statement`, prepared on the server like every
+        other read here; several with `batch`, planned for each execution's own keys (not
+        prepared: the plan PostgreSQL keeps for a prepared statement after five executions,
+        made while the tokens table was nearly empty, scanned all of it for `= ANY`, and
+        introspection slowed from 0.1 ms to 3-5 ms a query as client_credentials filled it)."""
+        if len(keys) == 1:
+            row = await self._answer(self._sql(statement), {column: keys[0]}, AsyncCursor.fetchone)
+            return [] if row is None else [row]
+        return await self._answer(
+            self._sql(batch), {"keys": keys}, AsyncCursor.fetchall, prepare=False
+        )
+
+    async def _answer(
+        self, sql: str, params: dict[str, Any], fetch: Fetch, prepare: bool | None = None
+    ) -> Any:
+        """`fetch` of `sql` run with `params` (`prepare` as psycopg's: None, by the
+        connection's threshold); DatabaseBusy if PostgreSQL cannot answer."""
         try:
             async with asyncio.timeout(READ_TIMEOUT_SECONDS):
                 await self._opened_pool().open()
                 try:
-                    return await self._read(sql, params, fetch)
+                    return await self._read(sql, params, fetch, prepare)
                 except psycopg.OperationalError:  # e.g. connections a server restart ended
                     await self._opened_pool().check()  # replace the broken ones; once more
-                    return await self._read(sql, params, fetch)
+                    return await self._read(sql, params, fetch, prepare)
         except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
             raise DatabaseBusy(f"PostgreSQL did not answer: {exc!r}") from exc
 
-    async def _read(self, sql: str, params: dict[str, Any], fetch: Fetch) -> Any:
+    async def _read(
+        self, sql: str, params: dict[str, Any], fetch: Fetch, prepare: bool | None
+    ) -> Any:
         async with self._opened_pool().connection() as conn:
-            return await fetch(await conn.execute(sql, params))
+            return await fetch(await conn.execute(sql, params, prepare=prepare))
 
     def _opened_pool(self) -> AsyncConnectionPool:
         """The pool, made at first use: it belongs to the event loop that first reads."""
@@ -141,10 +165,6 @@ class AsyncReader:
                     "autocommit": True,
                     "row_factory": dict_row,
                     "prepare_threshold": 0,  # prepared on the server at first use
-                    # ... and planned for each execution's own values: a plan kept from when
-                    # the tokens table was nearly empty scanned all of it for `= ANY(:keys)`
-                    # (measured: 0.1 ms became 3-5 ms per read as client_credentials filled it)
-                    "options": "-c plan_cache_mode=force_custom_plan",
                     "application_name": APPLICATION_NAME,
                 },
             )

@@ -146,11 +146,11 @@ class Database:
     async def read_by_key_async(self, statement, batch, column: str, key: Any) -> Any:
         """The row `statement` reads with {column: key}, for a coroutine on the event loop:
         on SQLite read_first itself; on PostgreSQL awaited through psycopg's async driver,
-        with `batch` (WHERE column = ANY(:keys)) answering the reads of other keys asked for
-        meanwhile in the same query (AsyncReader.first_by_key)."""
+        `batch` (WHERE column = ANY(:keys)) answering in one query the reads of other keys
+        asked for meanwhile (AsyncReader.first_by_key)."""
         if self._async_reader is None:
             return self.read_first(statement, {column: key})
-        return await self._async_reader.first_by_key(batch, column, key)
+        return await self._async_reader.first_by_key(statement, batch, column, key)
 
     @asynccontextmanager
     async def async_reads(self) -> AsyncIterator[None]:
