@@ -143,6 +143,20 @@ def _run_loop_in_thread(coroutine_factory) -> tuple[threading.Thread, list]:
     return thread, result
 
 
+def _queued_then_committed(committer, coroutine_factory, count: int) -> list:
+    """The result of running `coroutine_factory`'s event loop in a thread while a commit is
+    under way (the committer's leader lock held) until `count` jobs queued behind it, then
+    letting them commit: so the jobs are sure to share one batch."""
+    with committer._leader:
+        thread, result = _run_loop_in_thread(coroutine_factory)
+        deadline = time.monotonic() + 30
+        while len(committer._queue) < count:
+            assert time.monotonic() < deadline, "the jobs were not queued"
+            time.sleep(0.01)
+    thread.join(30)
+    return result
+
+
 def test_jobs_awaited_on_the_loop_share_one_commit_in_the_writer_thread(tmp_path):
     """Requests queued while a commit is under way are committed together by the committer's
     writer thread, and each caller is answered only once that transaction committed (its
@@ -168,13 +182,7 @@ def test_jobs_awaited_on_the_loop_share_one_commit_in_the_writer_thread(tmp_path
     async def main() -> list:
         return await asyncio.gather(*(run_sync(grant, i) for i in range(len(made))))
 
-    with committer._leader:  # a commit under way: every request queues behind it
-        thread, result = _run_loop_in_thread(main)
-        deadline = time.monotonic() + 30
-        while len(committer._queue) < len(made):
-            assert time.monotonic() < deadline, "the jobs were not queued"
-            time.sleep(0.01)
-    thread.join(30)
+    result = _queued_then_committed(committer, main, len(made))
     assert result == [[(i, True) for i in range(len(made))]]
     assert len({id(conn) for conn, _ in seen}) == 1  # one transaction
     assert {name for _, name in seen} == {"group-commit_0"}
@@ -207,13 +215,7 @@ def test_on_postgresql_only_inserts_share_a_commit(monkeypatch):
         async def main() -> list:
             return await asyncio.gather(*(run_sync(grant, i) for i in range(len(made))))
 
-        with committer._leader:
-            thread, result = _run_loop_in_thread(main)
-            deadline = time.monotonic() + 30
-            while len(committer._queue) < 4:
-                assert time.monotonic() < deadline, "the inserts were not queued"
-                time.sleep(0.01)
-        thread.join(30)
+        result = _queued_then_committed(committer, main, 4)
         assert result == [list(range(len(made)))]
         assert len({id(conn) for kind, conn in seen if kind == "insert"}) == 1
         assert len({id(conn) for kind, conn in seen if kind == "locking"}) == 2  # one each
@@ -249,13 +251,7 @@ def test_on_postgresql_a_batch_is_one_pipeline_and_a_failing_insert_fails_only_i
         async def main() -> list:
             return await asyncio.gather(*(run_sync(grant, i) for i in range(3)))
 
-        with committer._leader:
-            thread, result = _run_loop_in_thread(main)
-            deadline = time.monotonic() + 30
-            while len(committer._queue) < 3:
-                assert time.monotonic() < deadline, "the inserts were not queued"
-                time.sleep(0.01)
-        thread.join(30)
+        result = _queued_then_committed(committer, main, 3)
         assert result == [["stored", "refused", "stored"]]
         assert pipelined[:3] == [True, True, True]  # the batch; then each job alone
         stored = {t.value for family, issued in made for t in issued}
@@ -287,13 +283,7 @@ def test_an_awaited_job_that_fails_fails_only_its_own_request(tmp_path):
     async def main() -> list:
         return await asyncio.gather(*(run_sync(grant, i) for i in range(3)))
 
-    with committer._leader:
-        thread, result = _run_loop_in_thread(main)
-        deadline = time.monotonic() + 30
-        while len(committer._queue) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    thread.join(30)
+    result = _queued_then_committed(committer, main, 3)
     assert result == [["stored", "raised: this request's job fails", "stored"]]
     assert _stored(path) == {secret_hash(made[i][1][0].value) for i in (0, 2)}
 
