@@ -10,9 +10,9 @@ endpoint machinery added per request, and the hop to a worker thread, are gone w
 more than the work: on SQLite the client (cached, storage/clients.py) and the token (one
 indexed read) are read on the event loop; on PostgreSQL, when the client is cached, the token
 is awaited through the async driver, one query for the introspections waiting meanwhile
-(storage/async_reader.py). A revocation's write, a client
-not cached on PostgreSQL, and a client identified by a metadata document URL (fetched over the
-network) still run in a worker thread. A database too busy for the event loop's short wait
+(storage/async_reader.py). A revocation's write, a client not cached on PostgreSQL, and a
+client identified by a metadata document URL (fetched over the network) still run in a
+worker thread. A database too busy for the event loop's short wait
 (storage/loop_reader.py), or a PostgreSQL that does not answer in time, is answered 503
 temporarily_unavailable (AuthorizationServer._run).
 """
