@@ -15,11 +15,11 @@ from sqlalchemy import Table, insert, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mcp_oauth.common.sql import create_storage_engine
-from mcp_oauth.provider.storage.group_commit import GroupCommitter
-from mcp_oauth.provider.storage.loop_reader import LoopReader
+from mcp_oauth.provider.storage.group_commit import GroupCommitter, WriteLockTaken
+from mcp_oauth.provider.storage.loop_reader import LoopReader, is_busy
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 from mcp_oauth.provider.sync_on_loop import off_loop, on_event_loop, wait_for
 
@@ -96,8 +96,11 @@ class Database:
         # rows and touch no existing one (grouped_inserts), which take no row lock another
         # transaction could wait for, so batches of two replicas cannot deadlock.
         self._group = (
-            GroupCommitter(self.write) if sqlite else GroupCommitter(self.write, pipelined)
+            GroupCommitter(self.write, write_now=self.write_now)
+            if sqlite
+            else GroupCommitter(self.write, pipelined)
         )
+        self._loop_writer: Connection | None = None  # write_now's, kept by the event loop
         self._group_all = sqlite
         self._loop_reader = LoopReader(self.engine) if sqlite else None
         self._async_reader = None
@@ -121,11 +124,45 @@ class Database:
             raise RuntimeError("a write transaction would block the event loop: use transaction")
         with self._sqlite_writer or nullcontext(), self.engine.connect() as conn:
             conn.execution_options(write=True)
-            conn.info.pop(AFTER_COMMIT, None)  # the pooled connection's, from a rollback
-            with conn.begin():
+            with self._committed(conn):
                 yield conn
-            for callback in conn.info.pop(AFTER_COMMIT, []):
-                run_after_commit(callback)
+
+    @contextmanager
+    def write_now(self) -> Iterator[Connection]:
+        """SQLite: a write transaction for the event loop itself, which must never wait for
+        a lock: it starts only if no other thread of this process writes and SQLite's write
+        lock is free at once, and raises WriteLockTaken otherwise (the group committer then
+        hands the batch to its writer thread). On a connection the loop keeps, so its pages
+        stay cached from one batch to the next."""
+        if not self._sqlite_writer.acquire(blocking=False):
+            raise WriteLockTaken("another thread of this process is writing")
+        try:
+            if self._loop_writer is None:
+                self._loop_writer = self.engine.connect()
+                # no waiting in SQLite's busy handler: BEGIN IMMEDIATE fails at once if taken
+                self._loop_writer.connection.driver_connection.execute("PRAGMA busy_timeout=0")
+            conn = self._loop_writer
+            with self._committed(conn):
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                except OperationalError as exc:
+                    if is_busy(exc.orig):
+                        raise WriteLockTaken("another process is writing") from exc
+                    raise
+                yield conn
+        finally:
+            self._sqlite_writer.release()
+
+    @staticmethod
+    @contextmanager
+    def _committed(conn: Connection) -> Iterator[Connection]:
+        """`conn`'s transaction: committed on success, rolled back on error; what the
+        transaction asked for with `after_commit` runs once it committed."""
+        conn.info.pop(AFTER_COMMIT, None)  # the connection's, from a rollback
+        with conn.begin():
+            yield conn
+        for callback in conn.info.pop(AFTER_COMMIT, []):
+            run_after_commit(callback)
 
     def read_first(self, statement, params: dict[str, Any]) -> Any:
         """The first row of a prebuilt single-statement read, by column name (a dict or a
