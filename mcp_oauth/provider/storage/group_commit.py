@@ -120,21 +120,25 @@ class GroupCommitter:
     def _lead_on_loop(self) -> None:
         """The event loop commits the queued batch itself if it can without waiting (see
         the module's docstring); otherwise, or for what is queued after it, the writer
-        thread leads."""
-        if self._leader.acquire(blocking=False):
-            try:
-                batch = list(self._take())
-                if self._committed_on_loop(batch):
-                    _resolve_futures(batch)
+        thread leads. (A job raising SystemExit or the like stops the event loop.)"""
+        try:
+            if self._leader.acquire(blocking=False):
+                try:
+                    batch = list(self._take())
+                    if not batch:  # a worker thread's batch took them
+                        pass
+                    elif self._committed_on_loop(batch):
+                        _resolve_futures(batch)
+                    else:
+                        self._queue.extendleft(reversed(batch))  # first in line, in order
+                finally:
+                    self._leader.release()
+        finally:
+            with self._writing_lock:
+                if self._queue:
+                    self._writer.submit(self._drain)  # still leading: _writing stays True
                 else:
-                    self._queue.extendleft(reversed(batch))  # first in line, in order
-            finally:
-                self._leader.release()
-        with self._writing_lock:
-            if self._queue:
-                self._writer.submit(self._drain)  # still leading: _writing stays True
-            else:
-                self._writing = False
+                    self._writing = False
 
     def _committed_on_loop(self, batch: list[_Job]) -> bool:
         """Whether the batch committed in the event loop's transaction, every job with its
