@@ -33,6 +33,14 @@ def ratio(results: dict, a: str, b: str) -> float | None:
 def ratios(results: dict) -> dict[str, float | None]:
     found = {
         "oidc-provider introspection / bare Starlette": ("peer_introspection", "bare_starlette"),
+        "minimal durable token / oidc-provider client_credentials": (
+            "bare_durable_token",
+            "peer_client_credentials",
+        ),
+        "client_credentials (SQLite) / minimal durable token": (
+            "client_credentials:sqlite",
+            "bare_durable_token",
+        ),
         "tools/call cached / no auth": ("tools_cached introspection", NO_AUTH),
         "tools/call uncached / no auth": ("tools_uncached introspection", NO_AUTH),
         "tools/call JWT / no auth": ("tools_JWT", NO_AUTH),

@@ -42,7 +42,7 @@ def provider_label(key: str) -> str:
 def compared_scenarios(servers: Servers, connections: int, pool: int) -> list[Scenario]:
     """The scenarios whose figures are set against each other (run interleaved); the
     introspection runs cycle through `pool` tokens."""
-    peer, bare = servers.peer, servers.bare_starlette
+    peer, bare, durable = servers.peer, servers.bare_starlette, servers.bare_durable_token
     rs_url = servers.urls["cached"]
     rs_auth = (stack.RS_CLIENT_ID, stack.RS_SECRET)
     peer_client = (stack.BENCH_CLIENT_ID, peer.client_secret)
@@ -82,6 +82,9 @@ def compared_scenarios(servers: Servers, connections: int, pool: int) -> list[Sc
                  cycle(ACTIVE, [form_post(f"{bare.url}/form", {"token": "x" * 43})])),
         Scenario("peer_client_credentials", "oidc-provider: client_credentials", peer.issuer,
                  peer_pids, cycle(ISSUED, [peer_cc])),
+        Scenario("bare_durable_token", "minimal durable token endpoint (SQLite)", durable.url,
+                 [durable.proc.pid],
+                 cycle(ISSUED, [form_post(f"{durable.url}/token", cc_form(rs_url), rs_auth)])),
         *grants,
     ]  # fmt: skip
     return scenarios + tool_scenarios(servers, connections)

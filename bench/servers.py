@@ -29,6 +29,7 @@ class Servers:
     rs_provider: dict[str, ServerProcess]  # the provider each RS mode trusts
     urls: dict[str, str]  # each RS mode's MCP URL
     floor_provider: ServerProcess  # SQLite, argon2id at the floor (alice's hash too)
+    bare_durable_token: ServerProcess  # the floor of a durable client_credentials token
 
     @property
     def databases(self) -> list[str]:
@@ -94,6 +95,17 @@ def start_servers(
         "provider_floor": floor_provider,
         "bare_starlette": stack.bench_script(tmp, "bare_starlette.py", "/"),
         "bare_mcp": stack.bench_script(tmp, "bare_mcp.py", "/ready"),
+        "bare_durable_token": stack.bench_script(
+            tmp,
+            "bare_durable_token.py",
+            "/",
+            "--database",
+            str(tmp / "bare-durable.db"),
+            "--client-id",
+            stack.RS_CLIENT_ID,
+            "--secret",
+            stack.RS_SECRET,
+        ),  # fmt: skip
         **{f"provider_{name}": p for name, p in ours.items()},
         **({"jwt_provider": rs_provider["jwt"]} if jwt_env else {}),
         **{f"rs_{mode}": p for mode, p in resource_servers.items()},
@@ -121,6 +133,7 @@ def start_servers(
         rs_provider,
         urls,
         floor_provider,
+        processes["bare_durable_token"],
     )
 
 

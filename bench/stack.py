@@ -114,13 +114,14 @@ def resource_server(tmp: Path, mcp_url: str, issuer: str, env: dict[str, str]) -
     )
 
 
-def bench_script(tmp: Path, script: str, ready_path: str) -> ServerProcess:
+def bench_script(tmp: Path, script: str, ready_path: str, *args: str) -> ServerProcess:
     # Any HTTP answer at ready_path means ready (a 404 too); not /mcp: a GET there streams.
-    """One of the bare baselines in bench/ (bare_starlette.py, bare_mcp.py); `.url` set."""
+    """One of the bare baselines in bench/ (bare_starlette.py, bare_mcp.py,
+    bare_durable_token.py), with `args`; `.url` set."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = ServerProcess(
-        [str(ROOT / "bench" / script), "--port", str(port)],
+        [str(ROOT / "bench" / script), "--port", str(port), *args],
         {},
         url + ready_path,
         tmp / f"{script}-{port}.log",

@@ -127,9 +127,7 @@ def test_a_job_that_fails_on_the_loop_fails_only_its_own_request(tmp_path):
             return f"raised: {exc}"
 
     async def main() -> list[str]:
-        return await asyncio.wait_for(
-            asyncio.gather(*(run_sync(grant, i) for i in range(3))), 30
-        )
+        return await asyncio.wait_for(asyncio.gather(*(run_sync(grant, i) for i in range(3))), 30)
 
     assert asyncio.run(main()) == ["stored", "raised: this request's job fails", "stored"]
     assert _stored(path) == {secret_hash(made[i][1][0].value) for i in (0, 2)}
