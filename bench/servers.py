@@ -105,7 +105,7 @@ def start_servers(
             stack.RS_CLIENT_ID,
             "--secret",
             stack.RS_SECRET,
-        ),  # fmt: skip
+        ),
         **{f"provider_{name}": p for name, p in ours.items()},
         **({"jwt_provider": rs_provider["jwt"]} if jwt_env else {}),
         **{f"rs_{mode}": p for mode, p in resource_servers.items()},

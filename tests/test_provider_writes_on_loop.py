@@ -32,7 +32,7 @@ def test_jobs_awaited_in_one_turn_are_committed_by_the_loop_in_one_transaction(t
     def grant(index: int) -> bool:
         def job(conn) -> None:
             insert_family(conn, *made[index])
-            seen.append((conn, threading.current_thread().name))
+            seen.append((conn.get_transaction(), threading.current_thread().name))
 
         store.db.grouped(job)
         return secret_hash(made[index][1][0].value) in _stored(path)
@@ -41,7 +41,7 @@ def test_jobs_awaited_in_one_turn_are_committed_by_the_loop_in_one_transaction(t
         return await asyncio.gather(*(run_sync(grant, i) for i in range(len(made))))
 
     assert asyncio.run(main()) == [True] * len(made)
-    assert len({id(conn) for conn, _ in seen}) == 1
+    assert len({id(transaction) for transaction, _ in seen}) == 1  # (all kept alive in seen)
     assert {name for _, name in seen} == {threading.main_thread().name}
 
 
