@@ -58,6 +58,7 @@ from mcp_oauth.provider.grants import (
 )
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
+from mcp_oauth.provider.json_endpoints import JsonEndpoint
 from mcp_oauth.provider.identity import OpenIDCode, OpenIDRefresh
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
 from mcp_oauth.provider.passwords import print_password_hash, report_stale_hashes
@@ -187,9 +188,23 @@ def routes(
 
     return [
         # The busiest first: the router tries each route in turn.
-        Route("/token", server.token_endpoint, methods=["POST"]),
-        Route("/introspect", server.introspection_endpoint, methods=["POST"]),
-        Route("/revoke", server.revocation_endpoint, methods=["POST"]),
+        # ... and served as plain ASGI apps (json_endpoints.py): every token request and
+        # introspection passes here.
+        Route(
+            "/token", JsonEndpoint(server.token_endpoint), methods=["POST"], name="token_endpoint"
+        ),
+        Route(
+            "/introspect",
+            JsonEndpoint(server.introspection_endpoint),
+            methods=["POST"],
+            name="introspection_endpoint",
+        ),
+        Route(
+            "/revoke",
+            JsonEndpoint(server.revocation_endpoint),
+            methods=["POST"],
+            name="revocation_endpoint",
+        ),
         *(Route(path, metadata) for path in well_known_paths(server.issuer_url)),
         Route("/jwks.json", jwks, name="jwks_uri"),
         Route("/userinfo", userinfo.serve, methods=["GET", "POST"], name="userinfo_endpoint"),

@@ -19,12 +19,13 @@ from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestErro
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from mcp_oauth.provider.checks import check_basic_credentials
+from mcp_oauth.provider.checks import basic_credentials, client_secret_basic
 from mcp_oauth.provider.client_checks import document_metadata
 from mcp_oauth.provider.client_documents import ClientDocuments
 from mcp_oauth.provider.identity import SCOPE_CLAIMS, OpenIDCode
+from mcp_oauth.provider.json_endpoints import JsonAnswer
 from mcp_oauth.provider.oauth_request import (
     StarletteOAuth2Request,
     read_json_request,
@@ -94,6 +95,7 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         self.endpoints: list[type] = []
         self.metadata: dict = {}  # set by oauth_provider.py once the routes are known
         self.token_lookups = TokenLookupEndpoints(self)
+        self.register_client_auth_method("client_secret_basic", client_secret_basic)
 
     def register_grant(self, grant_cls, extensions=None) -> None:
         """A server that issues refresh tokens honours `offline_access` (SEP-2207), and one
@@ -147,11 +149,9 @@ class AuthorizationServer(AuthlibAuthorizationServer):
         return request
 
     def handle_response(self, status: int, body, headers) -> Response:
-        headers = dict(headers or [])
         if isinstance(body, dict):
-            headers.pop("Content-Type", None)
-            return JSONResponse(body, status_code=status, headers=headers)
-        return Response(body or b"", status_code=status, headers=headers)
+            return JsonAnswer(status, body, headers or ())
+        return Response(body or b"", status_code=status, headers=dict(headers or []))
 
     def send_signal(self, name: str, *args, **kwargs) -> None:
         pass
@@ -162,15 +162,24 @@ class AuthorizationServer(AuthlibAuthorizationServer):
     # -- request adapters -----------------------------------------------------------------
 
     async def oauth2_request(self, request: Request) -> StarletteOAuth2Request:
-        check_basic_credentials(request.headers)
+        basic = basic_credentials(request.headers)  # a malformed header is refused first
         items = await read_parameters(request)
         # The routed path itself: building request.url for it costs more than the lookup.
-        return self.make_request(request.method, request.scope["path"], request, items)
+        return self.make_request(request.method, request.scope["path"], request, items, basic)
 
     def make_request(
-        self, method: str, path: str, request: Request, items: list[tuple[str, str]]
+        self,
+        method: str,
+        path: str,
+        request: Request,
+        items: list[tuple[str, str]],
+        basic: tuple[str, str] | None = None,
     ) -> StarletteOAuth2Request:
-        return StarletteOAuth2Request(method, f"{self.issuer_url}{path}", request.headers, items)
+        """An Authlib request of the issuer's `path`; `basic`, the request's Basic
+        credentials, for the endpoints that authenticate clients."""
+        return StarletteOAuth2Request(
+            method, f"{self.issuer_url}{path}", request.headers, items, basic
+        )
 
     # -- endpoints served as JSON ----------------------------------------------------------
 

@@ -58,18 +58,38 @@ def check_no_repeated_parameters(items: list[tuple[str, str]]) -> None:
         seen.add(key)
 
 
-def check_basic_credentials(headers) -> None:
-    """RFC 6749 §2.3.1 with RFC 7617: Basic credentials are base64 of UTF-8 `id:secret`.
-    Authlib assumes they decode; the ones that do not are invalid_client, not a crash."""
+def basic_credentials(headers) -> tuple[str, str] | None:
+    """RFC 6749 §2.3.1 with RFC 7617: Basic credentials are base64 of UTF-8 `id:secret`, each
+    form-encoded. The client id and secret they carry, or None when the request has no Basic
+    credentials; ones that do not decode are invalid_client, not a crash. Parsed once per
+    request: client authentication reads them from it (client_secret_basic below)."""
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
-        return
+        return None
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         decoded = None
     if decoded is None or ":" not in decoded or CONTROL_CHARACTERS.search(unquote(decoded)):
         raise InvalidClientError(status_code=401, description="malformed Basic credentials")
+    client_id, _, secret = decoded.partition(":")
+    return unquote(client_id), unquote(secret)
+
+
+def client_secret_basic(query_client, request):
+    """RFC 6749 §2.3.1, client_secret_basic: Authlib's method, reading the credentials the
+    request was built with (basic_credentials) instead of parsing the header again. An unknown
+    client is invalid_client with 401, as Authlib's; a wrong secret is no client (Authlib then
+    tries the endpoint's other methods)."""
+    client_id, secret = request.basic_credentials or ("", "")
+    if not (client_id and secret):
+        return None
+    client = query_client(client_id)
+    if not client:
+        raise InvalidClientError(
+            status_code=401, description="The client does not exist on this server."
+        )
+    return client if client.check_client_secret(secret) else None
 
 
 def check_token_parameter(form: dict) -> str:

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from mcp_oauth.common.security_events import EVENT_TYPES, POLL_DELIVERY
 from mcp_oauth.provider.authorization_server import AuthorizationServer
-from mcp_oauth.provider.checks import check_basic_credentials
+from mcp_oauth.provider.checks import basic_credentials
 from mcp_oauth.provider.records import ClientRecord
 from mcp_oauth.provider.security_event_tokens import signed_event
 from mcp_oauth.provider.storage.security_events import Stream
@@ -108,8 +108,9 @@ class EventStream:
     async def _client(self, request: Request) -> tuple[ClientRecord | None, Response | None]:
         """The authenticated resource-server client, or the OAuth error (RFC 6749 §5.2)."""
         try:
-            check_basic_credentials(request.headers)
-            oauth_request = self.server.make_request(request.method, request.url.path, request, [])
+            oauth_request = self.server.make_request(
+                request.method, request.url.path, request, [], basic_credentials(request.headers)
+            )
             client = await run_in_threadpool(
                 self.server.authenticate_resource_server, oauth_request
             )

@@ -13,9 +13,9 @@ from authlib.common.security import is_secure_transport
 from authlib.oauth2.rfc6749 import JsonPayload, JsonRequest, OAuth2Payload, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidRequestError
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from mcp_oauth.provider.checks import check_no_repeated_parameters, check_parameter_values
-from mcp_oauth.provider.http_hardening import BodyTooLarge
 
 
 class FormPayload(OAuth2Payload):
@@ -49,7 +49,14 @@ def secure_transport(uri: str, insecure_allowed: str | None) -> bool:
 
 
 class StarletteOAuth2Request(OAuth2Request):
-    def __init__(self, method: str, uri: str, headers, items: list[tuple[str, str]]):
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers,
+        items: list[tuple[str, str]],
+        basic_credentials: tuple[str, str] | None = None,
+    ):
         # OAuth2Request.__init__, with its https check cached (secure_transport)
         if not secure_transport(uri, os.environ.get("AUTHLIB_INSECURE_TRANSPORT")):
             raise InsecureTransportError()
@@ -57,6 +64,7 @@ class StarletteOAuth2Request(OAuth2Request):
         self.client = self.auth_method = self.user = self.credential = self._scope = None
         self.authorization_code = self.refresh_token = None
         self.payload = FormPayload(items)
+        self.basic_credentials = basic_credentials  # checks.basic_credentials, parsed once
         self.resource: str | None = None  # set once the RFC 8707 resource is validated
 
     @property
@@ -86,16 +94,25 @@ async def read_parameters(request: Request) -> list[tuple[str, str]]:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise InvalidRequestError("the body must be application/x-www-form-urlencoded")
-        try:
-            body = await request.body()
-        except BodyTooLarge:
-            raise  # answered 413 by http_hardening.py
-        except Exception as exc:  # the client went away
-            raise InvalidRequestError("the form body could not be parsed") from exc
-        items = form_items(body)
+        items = form_items(await form_body(request.receive))
     check_parameter_values(items)
     check_no_repeated_parameters(items)
     return items
+
+
+async def form_body(receive: Receive) -> bytes:
+    """The whole body, read straight from the ASGI messages (Starlette's request.body()
+    streams through an async generator, a measurable part of an introspection). Its size is
+    held to the limit by http_hardening.py, which answers 413. A client that goes away before
+    the end is invalid_request: nothing is done with a part of a request."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequestError("the form body could not be parsed")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def form_items(body: bytes) -> list[tuple[str, str]]:

@@ -20,7 +20,6 @@ temporarily_unavailable (AuthorizationServer._run).
 from __future__ import annotations
 
 from authlib.consts import default_json_headers
-from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -49,14 +48,8 @@ class TokenLookupEndpoints:
         a client id that names a metadata document (it is fetched over the network). On
         SQLite every read is; on PostgreSQL when the client is cached: its token is then
         awaited through the async driver, and nothing else is read."""
-        presented = [
-            client_id
-            for client_id in (
-                extract_basic_authorization(request.headers)[0],
-                request.form.get("client_id"),
-            )
-            if client_id
-        ]
+        basic_client_id = (request.basic_credentials or ("",))[0]
+        presented = [c for c in (basic_client_id, request.form.get("client_id")) if c]
         if any(self.server.client_documents.identifies(client_id) for client_id in presented):
             return False
         if self.server.store.db.reads_inline:

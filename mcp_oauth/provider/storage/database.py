@@ -4,6 +4,7 @@ atomic upsert for both dialects, and the server secrets every replica shares."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -32,15 +33,18 @@ def now() -> int:
     return int(time.time())
 
 
+@functools.cache
+def field_names(record_type: type) -> tuple[str, ...]:
+    """A record dataclass's field names, looked up once per type (not per row read)."""
+    return tuple(field.name for field in dataclasses.fields(record_type))
+
+
 def record_from_row(record_type: type[Record], row: Any, **columns: str) -> Record:
     """A record dataclass from a table row: each field from the column of its name, or from
     the column `columns` names for it (where the table's name predates the code's word)."""
     values = getattr(row, "_mapping", row)  # a Row, or a mapping from Database.read_first
     return record_type(
-        **{
-            field.name: values[columns.get(field.name, field.name)]
-            for field in dataclasses.fields(record_type)
-        }
+        **{name: values[columns.get(name, name)] for name in field_names(record_type)}
     )
 
 
