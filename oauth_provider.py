@@ -58,8 +58,8 @@ from mcp_oauth.provider.grants import (
 )
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
-from mcp_oauth.provider.json_endpoints import JsonEndpoint
 from mcp_oauth.provider.identity import OpenIDCode, OpenIDRefresh
+from mcp_oauth.provider.json_endpoints import JsonEndpoint
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
 from mcp_oauth.provider.passwords import print_password_hash, report_stale_hashes
 from mcp_oauth.provider.serving import prepare_process, serve

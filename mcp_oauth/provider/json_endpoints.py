@@ -24,7 +24,8 @@ NO_STORE_JSON = [
     (b"pragma", b"no-cache"),
 ]
 SET_BY_JSON_ANSWER = {"content-type", "cache-control", "pragma", "content-length"}
-# As Starlette's JSONResponse renders, with one encoder (json.dumps with options makes one per call).
+# As Starlette's JSONResponse renders, with one encoder (json.dumps with options makes one
+# per call).
 render_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
