@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, insert, inspect, select, text
@@ -39,18 +40,27 @@ def field_names(record_type: type) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(record_type))
 
 
+@functools.cache
+def _field_values(
+    record_type: type, renamed: tuple[tuple[str, str], ...]
+) -> Callable[[Any], tuple]:
+    """What takes a row's values in the order of `record_type`'s fields (made once)."""
+    columns = dict(renamed)
+    take = itemgetter(*(columns.get(name, name) for name in field_names(record_type)))
+    return take if len(field_names(record_type)) > 1 else lambda row: (take(row),)
+
+
 def record_from_row(record_type: type[Record], row: Any, **columns: str) -> Record:
     """A record dataclass from a table row: each field from the column of its name, or from
     the column `columns` names for it (where the table's name predates the code's word)."""
     values = getattr(row, "_mapping", row)  # a Row, or a mapping from Database.read_first
-    return record_type(
-        **{name: values[columns.get(name, name)] for name in field_names(record_type)}
-    )
+    return record_type(*_field_values(record_type, tuple(columns.items()))(values))
 
 
 def columns_from_record(record: Any, **columns: str) -> dict[str, Any]:
-    """The column values of a record dataclass, the inverse of `record_from_row`."""
-    return {columns.get(name, name): value for name, value in dataclasses.asdict(record).items()}
+    """The column values of a record dataclass (its fields hold plain values: text, numbers,
+    None), the inverse of `record_from_row`."""
+    return {columns.get(name, name): getattr(record, name) for name in field_names(type(record))}
 
 
 def add_missing_columns(conn: Connection) -> None:

@@ -45,6 +45,7 @@ class LoopReader:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._connection: Any = None  # the pool's, kept by the event loop's thread
+        self._columns: dict[str, list[str]] = {}  # each statement's column names, read once
 
     @staticmethod
     def applies() -> bool:
@@ -71,9 +72,10 @@ class LoopReader:
         sql, names = compiled(statement, self._engine.dialect)
         cursor = connection.cursor()
         try:
-            cursor.execute(sql, bound(names, params))
-            row = cursor.fetchone()
-            columns = [column[0] for column in cursor.description or ()]
+            row = cursor.execute(sql, bound(names, params)).fetchone()
+            columns = self._columns.get(sql)
+            if columns is None:
+                columns = self._columns[sql] = [column[0] for column in cursor.description or ()]
         except sqlite3.OperationalError as exc:
             if is_busy(exc):
                 raise DatabaseBusy(str(exc)) from exc
