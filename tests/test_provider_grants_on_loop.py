@@ -6,10 +6,13 @@ off the event loop. Real SQLite files, a real provider app in process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
 import time
+import weakref
 
+import greenlet
 import psycopg
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -70,6 +73,45 @@ def test_an_awaitable_that_raises_raises_where_the_synchronous_code_waits():
         return "not raised"
 
     assert asyncio.run(run_sync(grant)) == "caught from the awaitable"
+
+
+def test_run_sync_reuses_its_greenlets_and_an_idle_one_keeps_nothing_of_its_call():
+    """A greenlet serves one run_sync after another (making one per call cost a sixth of a
+    client_credentials request, issue 14), also after a call that raised; and while idle it
+    holds nothing of the last call: its argument, result and exception can be collected."""
+
+    class Value:
+        pass
+
+    class Refused(Exception):
+        pass
+
+    ran_in: list[greenlet.greenlet] = []
+
+    def grant(argument: Value, fail: bool) -> Value:
+        ran_in.append(greenlet.getcurrent())
+        wait_for(asyncio.sleep(0))
+        if fail:
+            raise Refused(argument)
+        return Value()
+
+    async def main() -> list[list]:
+        left_behind = []  # after each call, what is still alive of it
+        try:
+            await run_sync(grant, Value(), True)
+        except Refused as exc:
+            refs = [weakref.ref(exc)]
+        gc.collect()
+        left_behind.append([ref() for ref in refs])
+        argument = Value()
+        refs = [weakref.ref(argument), weakref.ref(await run_sync(grant, argument, False))]
+        del argument
+        gc.collect()
+        left_behind.append([ref() for ref in refs])
+        return left_behind
+
+    assert asyncio.run(main()) == [[None], [None, None]]
+    assert len(ran_in) == 2 and ran_in[0] is ran_in[1]
 
 
 def test_wait_for_outside_run_sync_is_refused():
