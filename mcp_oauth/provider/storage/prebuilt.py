@@ -14,6 +14,9 @@ and whose tables give the omitted columns no Python-side default.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
@@ -39,9 +42,16 @@ def compiled(
     return found
 
 
+@functools.cache
+def _in_order(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple]:
+    """What takes a statement's parameters from a dict in `names`' order (made once)."""
+    take = itemgetter(*names) if names else lambda params: ()
+    return take if len(names) != 1 else lambda params: (take(params),)
+
+
 def bound(names: tuple[str, ...] | None, params: dict[str, Any]) -> Any:
     """The parameters as the driver takes them: a tuple in order, or the dict itself."""
-    return params if names is None else tuple(params[name] for name in names)
+    return params if names is None else _in_order(names)(params)
 
 
 def execute(conn: Connection, statement: Executable, params: dict | list[dict]) -> int:
