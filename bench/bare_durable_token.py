@@ -2,12 +2,12 @@
 can do, served by uvicorn exactly as the provider is (one process, no access log).
 
 Basic client authentication against one cached SHA-256, a token minted and its hash stored
-with its family in the provider's own tables (storage/schema.py: the same rows and indexes),
-the requests of one event-loop turn committed together on the loop (SQLite WAL,
-synchronous=FULL: durable before the answer, as the provider's), a JSON answer. No scope,
-resource or client policy, no error pages, no middleware: what is left is Python, Starlette,
-uvicorn and SQLite's commit, so the provider's client_credentials cannot beat it in one
-process.
+with its family in the provider's own tables (storage/schema.py: the same rows and indexes;
+the family's id made as the provider makes it, records.new_family_id), the requests of one
+event-loop turn committed together on the loop (SQLite WAL, synchronous=FULL: durable before
+the answer, as the provider's), a JSON answer. No scope, resource or client policy, no error
+pages, no middleware: what is left is Python, Starlette, uvicorn and SQLite's commit, so the
+provider's client_credentials cannot beat it in one process.
 
     python bench/bare_durable_token.py --port P --database PATH --client-id ID --secret S
 """
@@ -23,7 +23,6 @@ import secrets
 import sqlite3
 import sys
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -35,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mcp_oauth.provider.records import new_family_id  # noqa: E402
 from mcp_oauth.provider.storage.schema import metadata  # noqa: E402
 
 INSERT_FAMILY = (
@@ -89,7 +89,7 @@ def build_app(tokens: DurableTokens, client_id: str, secret: str) -> Starlette:
             hashlib.sha256(password.encode()).digest(), secret_hash
         ):
             return JSONResponse({"error": "invalid_client"}, 401)
-        value, now, family_id = secrets.token_urlsafe(32), int(time.time()), str(uuid.uuid4())
+        value, now, family_id = secrets.token_urlsafe(32), int(time.time()), new_family_id()
         scope, resource = form.get("scope", ""), form.get("resource")
         await tokens.store(
             (family_id, client_id, scope, resource, now),

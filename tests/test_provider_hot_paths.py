@@ -8,13 +8,14 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, delete, insert, literal_column, select, table, update
 
 from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
-from mcp_oauth.provider.records import IssuedToken, TokenFamily
+from mcp_oauth.provider.records import IssuedToken, TokenFamily, new_family_id
 from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
@@ -303,6 +304,20 @@ def test_an_exception_that_is_no_error_finishes_every_job_of_its_batch(tmp_path)
     assert "hung" not in outcomes
     assert all(isinstance(outcome, SystemExit) for outcome in outcomes)
     assert store.db.grouped(lambda conn: "after") == "after"  # the committer still works
+
+
+def test_family_ids_are_uuid7_in_the_order_they_were_made():
+    """A new family's id is a UUIDv7 (RFC 9562): its indexes grow at their end instead of at a
+    random page per family; still unique, and never reused."""
+    made = [new_family_id() for _ in range(1000)]
+    time.sleep(0.002)  # a later millisecond
+    later = new_family_id()
+    ids = [uuid.UUID(value) for value in [*made, later]]
+    assert {(found.version, found.variant) for found in ids} == {(7, uuid.RFC_4122)}
+    assert len(set(made)) == len(made)
+    assert max(made) < later
+    family = uuid.UUID(TokenFamily("c", None, "read", None).family_id)  # what a grant makes
+    assert family.version == 7 and str(family) > later
 
 
 def test_a_failing_after_commit_callback_does_not_fail_a_committed_write(tmp_path):
