@@ -188,23 +188,10 @@ def routes(
 
     return [
         # The busiest first: the router tries each route in turn.
-        # ... and served as plain ASGI apps (json_endpoints.py): every token request and
-        # introspection passes here.
-        Route(
-            "/token", JsonEndpoint(server.token_endpoint), methods=["POST"], name="token_endpoint"
-        ),
-        Route(
-            "/introspect",
-            JsonEndpoint(server.introspection_endpoint),
-            methods=["POST"],
-            name="introspection_endpoint",
-        ),
-        Route(
-            "/revoke",
-            JsonEndpoint(server.revocation_endpoint),
-            methods=["POST"],
-            name="revocation_endpoint",
-        ),
+        # ... served as plain ASGI apps: every token request and introspection passes here.
+        Route("/token", JsonEndpoint(server.token_endpoint), methods=["POST"]),
+        Route("/introspect", JsonEndpoint(server.introspection_endpoint), methods=["POST"]),
+        Route("/revoke", JsonEndpoint(server.revocation_endpoint), methods=["POST"]),
         *(Route(path, metadata) for path in well_known_paths(server.issuer_url)),
         Route("/jwks.json", jwks, name="jwks_uri"),
         Route("/userinfo", userinfo.serve, methods=["GET", "POST"], name="userinfo_endpoint"),

@@ -46,10 +46,12 @@ class JsonAnswer(Response):
 
 class JsonEndpoint:
     """An endpoint function served as a plain ASGI app: Starlette's Route calls it directly
-    (no `request_response` layer); an exception still reaches the application's handlers."""
+    (no `request_response` layer); an exception still reaches the application's handlers.
+    The route is named after the function, as a function's route is."""
 
     def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]):
         self.endpoint = endpoint
+        self.__name__ = endpoint.__name__
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.endpoint(Request(scope, receive))
