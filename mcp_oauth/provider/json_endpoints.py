@@ -2,10 +2,10 @@
 passes: answers whose fixed headers are encoded once, and the busiest endpoints served as
 plain ASGI apps.
 
-A profile of introspection put about a fifth of its time in Starlette's per-request objects:
-`request_response`, which wraps each function endpoint in a second exception-handler layer
-(the application's ExceptionMiddleware already is one, with the same handlers), and
-JSONResponse, which encodes the same headers again for every answer.
+Measured in process, these took an introspection from 54 to 50 µs of CPU in the application:
+Starlette's `request_response` wraps each function endpoint in a second exception-handler
+layer (the application's ExceptionMiddleware already is one, with the same handlers), and
+JSONResponse encodes the same headers again for every answer and makes a JSON encoder for each.
 """
 
 from __future__ import annotations
