@@ -59,7 +59,7 @@ from mcp_oauth.provider.grants import (
 from mcp_oauth.provider.hashed_secrets import new_secret
 from mcp_oauth.provider.http_hardening import HardeningMiddleware
 from mcp_oauth.provider.identity import OpenIDCode, OpenIDRefresh
-from mcp_oauth.provider.json_endpoints import JsonEndpoint
+from mcp_oauth.provider.json_endpoints import JsonEndpoint, JsonRoutes
 from mcp_oauth.provider.metadata import server_metadata, well_known_paths
 from mcp_oauth.provider.passwords import print_password_hash, report_stale_hashes
 from mcp_oauth.provider.serving import prepare_process, serve
@@ -188,7 +188,8 @@ def routes(
 
     return [
         # The busiest first: the router tries each route in turn.
-        # ... served as plain ASGI apps: every token request and introspection passes here.
+        # ... served as plain ASGI apps, reached past the router (JsonRoutes, build_app):
+        # every token request and introspection passes here.
         Route("/token", JsonEndpoint(server.token_endpoint), methods=["POST"]),
         Route("/introspect", JsonEndpoint(server.introspection_endpoint), methods=["POST"]),
         Route("/revoke", JsonEndpoint(server.revocation_endpoint), methods=["POST"]),
@@ -247,7 +248,8 @@ def build_app(settings: argparse.Namespace) -> Starlette:
     server.metadata = server_metadata(server, app_routes)
     return Starlette(
         routes=app_routes,
-        middleware=[Middleware(HardeningMiddleware)],
+        # the body limit and headers for every answer; the busiest JSON endpoints past the router
+        middleware=[Middleware(HardeningMiddleware), Middleware(JsonRoutes, routes=app_routes)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=background_tasks(settings, store),
     )

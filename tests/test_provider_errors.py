@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 import oauth_provider
 from mcp_oauth.provider.authorization_server import authlib_refused_error_text
 from mcp_oauth.provider.endpoints import ClientRegistration
+from mcp_oauth.provider.token_lookup_endpoints import TokenLookupEndpoints
 
 
 def raised(action) -> ValueError:
@@ -56,6 +57,21 @@ def test_an_internal_value_error_is_a_500_in_the_log_not_a_400(app_client, monke
         response = app_client.post("/register", json={"redirect_uris": ["https://a.example/cb"]})
     assert response.status_code == 500 and response.json() == {"error": "server_error"}
     logged = [r for r in caplog.records if r.getMessage() == "unexpected error on POST /register"]
+    assert logged and "an internal bug" in str(logged[0].exc_info[1])
+
+
+def test_an_unexpected_error_past_the_router_is_a_500_in_the_log(app_client, monkeypatch, caplog):
+    """The busiest JSON endpoints skip the router (json_endpoints.JsonRoutes): a bug there is
+    still the application's 500, logged, its text never shown."""
+
+    async def bug(self, request):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(TokenLookupEndpoints, "introspect", bug)
+    with caplog.at_level(logging.ERROR, logger="oauth_provider"):
+        response = app_client.post("/introspect", data={"token": "x" * 43})
+    assert response.status_code == 500 and response.json() == {"error": "server_error"}
+    logged = [r for r in caplog.records if r.getMessage() == "unexpected error on POST /introspect"]
     assert logged and "an internal bug" in str(logged[0].exc_info[1])
 
 

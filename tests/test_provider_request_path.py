@@ -141,6 +141,21 @@ def test_json_and_page_headers_on_the_lean_path(provider):
     assert page.headers["x-frame-options"] == "DENY"
 
 
+def test_the_json_endpoints_past_the_router_answer_as_routes_do(provider):
+    """JsonRoutes takes only a POST to one of their exact paths; anything else there is still
+    the router's answer: 405 for another method, the redirect for a trailing slash."""
+    for path in ("/token", "/introspect", "/revoke"):
+        answer = HTTP.get(f"{provider.url}{path}", auth=RS_AUTH)
+        assert answer.status_code == 405, (path, answer.text)
+        assert answer.json() == {
+            "error": "invalid_request",
+            "error_description": "method not allowed",
+        }
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    slash = HTTP.post(f"{provider.url}/introspect/", data={"token": "x" * 43}, auth=RS_AUTH)
+    assert slash.status_code == 307 and slash.headers["location"].endswith("/introspect")
+
+
 FIELD_PIECES = [b"a", b"b", b"=", b"&", b";", b"%", b"2", b"F", b"+", b" ", b"\xff", b"%e2%82",
                 b"\x00", b"\r\n", b"==", b"%3D", b"%26", b"%zz", b"&&"]  # fmt: skip
 
