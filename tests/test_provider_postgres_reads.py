@@ -5,7 +5,6 @@ PostgreSQL's own switches (ALLOW_CONNECTIONS, pg_terminate_backend)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 
@@ -14,8 +13,10 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
+from mcp_oauth.provider.storage import async_reader
 from mcp_oauth.provider.storage.async_reader import APPLICATION_NAME, POOL_SIZE
 from mcp_oauth.provider.storage.database import Database
+from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 from mcp_oauth.provider.storage.schema import tokens
 from mcp_oauth.provider.storage.tokens import FIND_TOKEN, FIND_TOKENS
 from tests.conftest import (
@@ -26,7 +27,7 @@ from tests.conftest import (
     start_provider,
 )
 
-RECOVERY_SECONDS = 60  # psycopg_pool reconnects with a backoff that starts at about a second
+RECOVERY_SECONDS = 60  # the worker threads' SQLAlchemy pool may take a while to reconnect
 
 
 @pytest.fixture
@@ -66,9 +67,9 @@ def introspect(provider: Provider, token: str) -> httpx.Response:
     return httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=RS_AUTH, timeout=30)
 
 
-def test_introspection_on_postgresql_reads_through_the_async_pool(pg_provider):
+def test_introspection_on_postgresql_reads_through_the_event_loops_connections(pg_provider):
     """Once the resource server's client is cached, its introspections read the token through
-    the event loop's own pool: its connections are the ones named APPLICATION_NAME."""
+    the event loop's own connections: those named APPLICATION_NAME."""
     provider, database = pg_provider
     token = rs_token(provider)
     for _ in range(3):
@@ -78,7 +79,7 @@ def test_introspection_on_postgresql_reads_through_the_async_pool(pg_provider):
 
 
 def test_a_postgresql_restart_costs_no_introspection(pg_provider):
-    """Connections ended under the pool (a server restart) are replaced: the next
+    """Connections ended under the reader (a server restart) are replaced: the next
     introspection is answered, not failed."""
     provider, database = pg_provider
     token = rs_token(provider)
@@ -147,7 +148,7 @@ def test_postgresql_down_at_the_token_endpoint_is_503(pg_provider):
     """A grant that cannot store its tokens because PostgreSQL is unreachable is answered
     503 temporarily_unavailable with Retry-After (the outage is not the client's fault), not
     a 500, for a client whether cached (the grant on the event loop, its write in a worker
-    thread) or not (its lookup awaited through the async pool)."""
+    thread) or not (its lookup awaited through the event loop's connections)."""
     provider, database = pg_provider
     rs_token(provider)  # the resource server's client is now cached
     admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
@@ -232,7 +233,7 @@ def test_batched_token_reads_are_planned_for_their_own_keys():
         stored = _stored_tokens(db, 2)
 
         async def read_and_count_plans() -> list[dict]:
-            pool = db._async_reader._opened_pool()
+            reader = db._async_reader
             async with db.async_reads():
                 for _ in range(24):  # PostgreSQL turns to a generic plan after five, per connection
                     pair = await asyncio.gather(
@@ -241,16 +242,66 @@ def test_batched_token_reads_are_planned_for_their_own_keys():
                     )  # fmt: skip
                     assert [row["token_hash"] for row in pair] == stored
                 plans = []
-                async with contextlib.AsyncExitStack() as held:  # every connection of the pool
-                    for _ in range(POOL_SIZE):
-                        conn = await held.enter_async_context(pool.connection())
-                        cursor = await conn.execute(
-                            "SELECT generic_plans FROM pg_prepared_statements "
-                            "WHERE statement LIKE 'SELECT tokens.%= ANY%'"
-                        )
-                        plans += await cursor.fetchall()
+                assert 0 < len(reader._idle) <= POOL_SIZE  # every connection, idle now
+                for conn in reader._idle:
+                    cursor = await conn.execute(
+                        "SELECT generic_plans FROM pg_prepared_statements "
+                        "WHERE statement LIKE 'SELECT tokens.%= ANY%'"
+                    )
+                    plans += await cursor.fetchall()
                 return plans
 
         plans = asyncio.run(read_and_count_plans())
         db.engine.dispose()
     assert sum(plan["generic_plans"] for plan in plans) == 0, plans
+
+
+SLEEP = "SELECT pg_sleep(%(seconds)s), %(n)s::int AS n"
+
+
+def test_the_event_loops_reads_hold_at_most_pool_size_connections():
+    """Reads asked for at once wait for one of POOL_SIZE connections: PostgreSQL sees no more
+    from this process however many readers there are."""
+    with new_postgres_database("read_slots") as url:
+        db = Database(url)
+        reader = db._async_reader
+
+        async def many_reads() -> tuple[list, list]:
+            async with db.async_reads():
+                rows = await asyncio.gather(
+                    *(reader._answer(SLEEP, {"seconds": 0.2, "n": n}, psycopg.AsyncCursor.fetchone)
+                      for n in range(3 * POOL_SIZE))
+                )  # fmt: skip
+                return rows, reader._idle[:]
+
+        rows, idle = asyncio.run(many_reads())
+        db.engine.dispose()
+    assert [row["n"] for row in rows] == list(range(3 * POOL_SIZE))
+    assert len(idle) == POOL_SIZE
+
+
+def test_a_read_cut_off_by_its_timeout_never_hands_its_connection_on(monkeypatch):
+    """A query still running when its read gives up (READ_TIMEOUT_SECONDS) leaves its
+    connection busy: that connection is closed, never reused, and the next read is answered
+    on another."""
+    monkeypatch.setattr(async_reader, "READ_TIMEOUT_SECONDS", 0.3)
+    with new_postgres_database("cut_off_reads") as url:
+        db = Database(url)
+        reader = db._async_reader
+
+        async def cut_off_then_read():
+            async with db.async_reads():
+                with pytest.raises(DatabaseBusy):
+                    await reader._answer(
+                        SLEEP, {"seconds": 5, "n": 1}, psycopg.AsyncCursor.fetchone
+                    )
+                idle_after_cut = reader._idle[:]
+                row = await reader._answer(
+                    SLEEP, {"seconds": 0, "n": 2}, psycopg.AsyncCursor.fetchone
+                )
+                return idle_after_cut, row
+
+        idle_after_cut, row = asyncio.run(cut_off_then_read())
+        db.engine.dispose()
+    assert idle_after_cut == []
+    assert row["n"] == 2
