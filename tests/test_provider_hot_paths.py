@@ -13,15 +13,18 @@ import uuid
 import httpx
 import pytest
 from sqlalchemy import create_engine, delete, insert, literal_column, select, table, update
+from sqlalchemy.exc import IntegrityError
 
 from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
 from mcp_oauth.provider.records import IssuedToken, TokenFamily, new_family_id
+from mcp_oauth.provider.storage import prebuilt
 from mcp_oauth.provider.storage.clients import ClientStore
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.janitor import Janitor, Retention
 from mcp_oauth.provider.storage.loop_reader import LOOP_BUSY_TIMEOUT_MS, DatabaseBusy, LoopReader
-from mcp_oauth.provider.storage.schema import clients, server_secrets, tokens
+from mcp_oauth.provider.storage.schema import clients, server_secrets, token_families, tokens
 from mcp_oauth.provider.storage.store import Store
+from mcp_oauth.provider.storage.tokens import family_inserts
 from tests.conftest import RS_AUTH
 from tests.oauth_helpers import CLIENT_ID, code_for, redeem
 
@@ -164,17 +167,20 @@ def _wait_until(condition, seconds: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def _queued_together(db: Database, jobs: list, then=lambda index, result: result) -> list:
+def _queued_together(
+    db: Database, jobs: list, then=lambda index, result: result, grouped=None
+) -> list:
     """Run `jobs` from threads so that they all wait in one batch: the test holds the
     leader's lock until every job is queued. Returns, for each job, `then(index, result)`
-    as its caller computed it right after `db.grouped` returned, or what the call raised.
-    A caller still waiting after 30 s is reported as "hung"."""
+    as its caller computed it right after `db.grouped` (or `grouped`) returned, or what the
+    call raised. A caller still waiting after 30 s is reported as "hung"."""
     committer = db._group
     outcomes: list = ["hung"] * len(jobs)
+    grouped = grouped or db.grouped
 
     def call(index: int) -> None:
         try:
-            outcomes[index] = then(index, db.grouped(jobs[index]))
+            outcomes[index] = then(index, grouped(jobs[index]))
         except BaseException as exc:  # what the caller of that job sees
             outcomes[index] = exc
 
@@ -217,6 +223,55 @@ def test_a_failing_job_takes_nothing_else_from_its_batch(tmp_path):
     rows = dict(stored.fetchall())
     assert set(rows) == {secret_hash(issued[i].value) for i in (0, 1, 2, 3)}
     assert set(rows.values()) == {"read"}
+
+
+def _new_token() -> list[IssuedToken]:
+    return [IssuedToken(new_secret(), "access", int(time.time()) + 60, "read")]
+
+
+def test_a_batch_of_inserts_is_one_statement_a_table_and_a_bad_one_takes_nothing_else(
+    database_url, monkeypatch
+):
+    """Writes that only insert rows (prebuilt.Inserts: a client_credentials family and its
+    token) queued together run as one executemany per statement. When that fails (one
+    write's token is stored already), each write runs alone: the others are stored, the bad
+    one alone fails and leaves nothing of itself."""
+    store = Store(database_url)
+    statements: list[int] = []
+    execute = prebuilt.execute
+
+    def counted(conn, statement, params):
+        statements.append(len(params) if isinstance(params, list) else 1)
+        return execute(conn, statement, params)
+
+    monkeypatch.setattr(prebuilt, "execute", counted)
+    issued = [_new_token() for _ in range(4)]
+    families = [TokenFamily(CLIENT_ID, None, "read", None) for _ in issued]
+    writes = [
+        family_inserts(family, tokens) for family, tokens in zip(families, issued, strict=True)
+    ]
+    outcomes = _queued_together(store.db, writes, grouped=store.db.grouped_inserts)
+    assert outcomes == [None] * 4
+    assert statements == [4, 4]  # the families' rows, then the tokens'
+    assert all(store.tokens.find(tokens[0].value) for tokens in issued)
+
+    clash_family = TokenFamily(CLIENT_ID, None, "read", None)
+    fresh = [_new_token(), _new_token()]
+    writes = [
+        family_inserts(TokenFamily(CLIENT_ID, None, "read", None), fresh[0]),
+        family_inserts(clash_family, issued[0]),  # a token stored above
+        family_inserts(TokenFamily(CLIENT_ID, None, "read", None), fresh[1]),
+    ]
+    outcomes = _queued_together(store.db, writes, grouped=store.db.grouped_inserts)
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], IntegrityError), outcomes[1]
+    assert all(store.tokens.find(tokens[0].value) for tokens in fresh)
+    with store.db.engine.connect() as conn:
+        rows = conn.execute(
+            select(token_families).where(token_families.c.grant_id == clash_family.family_id)
+        )
+        assert rows.first() is None  # the failed write's family went with it
+    store.db.engine.dispose()
 
 
 def test_one_batch_spends_a_refresh_token_once(tmp_path):

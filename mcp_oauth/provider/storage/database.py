@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from mcp_oauth.common.sql import create_storage_engine
 from mcp_oauth.provider.storage.group_commit import GroupCommitter, WriteLockTaken
 from mcp_oauth.provider.storage.loop_reader import LoopReader, is_busy
+from mcp_oauth.provider.storage.prebuilt import run_together
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 from mcp_oauth.provider.sync_on_loop import off_loop, on_event_loop, wait_for
 
@@ -110,9 +111,9 @@ class Database:
         # rows and touch no existing one (grouped_inserts), which take no row lock another
         # transaction could wait for, so batches of two replicas cannot deadlock.
         self._group = (
-            GroupCommitter(self.write, write_now=self.write_now)
+            GroupCommitter(self.write, write_now=self.write_now, together=run_together)
             if sqlite
-            else GroupCommitter(self.write, pipelined)
+            else GroupCommitter(self.write, pipelined, together=run_together)
         )
         self._loop_writer: Connection | None = None  # write_now's, kept by the event loop
         self._group_all = sqlite

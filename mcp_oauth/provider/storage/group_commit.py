@@ -35,6 +35,8 @@ the row locks of unrelated requests together, and two replicas' batches could de
 other job keeps its own transaction there (Database.transaction). There a batch's statements
 go to the server in one pipeline (`sending`: Database's `pipelined`), so an error of one job
 shows only when the pipeline ends: still inside the batch, so that job alone fails as above.
+A batch of jobs that only insert rows (prebuilt.Inserts) runs as one executemany per statement
+(`together`: prebuilt.run_together); if it fails, each job runs alone, as above.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 MAX_BATCH = 64  # jobs per transaction; the rest go in the next one
+Work = Callable[[Connection], Any]
 
 
 class _Job:
@@ -78,9 +81,14 @@ class GroupCommitter:
         write: Callable[[], AbstractContextManager[Connection]],
         sending: Callable[[Connection], AbstractContextManager] = lambda conn: nullcontext(),
         write_now: Callable[[], AbstractContextManager[Connection]] | None = None,
+        together: Callable[[Connection, list[Work]], list[Any]] = lambda conn, works: [
+            work(conn) for work in works
+        ],
     ):
         self._write = write  # Database.write: the transaction a batch runs in
         self._sending = sending  # around a batch's jobs: what it raises on exit is theirs
+        # a batch's jobs run in its transaction, their results in order (prebuilt.run_together)
+        self._together = together
         # Database.write_now (SQLite): the event loop's transaction, or WriteLockTaken
         self._write_now = write_now
         self._queue: deque[_Job] = deque()
@@ -144,7 +152,7 @@ class GroupCommitter:
         result; if not, nothing of it committed and its jobs are not finished."""
         try:
             with self._write_now() as conn:
-                results = [job.work(conn) for job in batch]
+                results = self._together(conn, [job.work for job in batch])
         except Exception:  # the lock was taken or a job raised: rolled back
             return False
         for job, result in zip(batch, results, strict=True):
@@ -191,11 +199,9 @@ class GroupCommitter:
     def _commit_batch(self, batch: list[_Job]) -> None:
         try:
             with self._write() as conn:
-                results = []
                 try:
                     with self._sending(conn):
-                        for job in batch:
-                            results.append(job.work(conn))
+                        results = self._together(conn, [job.work for job in batch])
                 except Exception as exc:
                     raise _Rerun from exc
         except _Rerun:

@@ -10,6 +10,11 @@ SQLAlchemy transaction for writes (the same connection, so the same transaction)
 
 Only for statements whose values need no SQLAlchemy type processing (text, integers, NULL)
 and whose tables give the omitted columns no Python-side default.
+
+A write that only inserts new rows is an `Inserts`: the group committer's batch of such
+writes runs as one executemany per statement (`run_together`) instead of a statement per row.
+Measured on PostgreSQL, where a batch of client_credentials tokens (about six) spent 540 µs of
+CPU running its twelve INSERTs one by one in the committer's thread.
 """
 
 from __future__ import annotations
@@ -52,6 +57,35 @@ def _in_order(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple]:
 def bound(names: tuple[str, ...] | None, params: dict[str, Any]) -> Any:
     """The parameters as the driver takes them: a tuple in order, or the dict itself."""
     return params if names is None else _in_order(names)(params)
+
+
+class Inserts:
+    """A write that only inserts new rows: (statement, rows) steps, run in order. Writes of
+    this kind that share statements list them in the same order (a parent's rows first)."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, *steps: tuple[Executable, list[dict[str, Any]]]):
+        self.steps = steps
+
+    def __call__(self, conn: Connection) -> None:
+        for statement, rows in self.steps:
+            execute(conn, statement, rows)
+
+
+def run_together(conn: Connection, works: list[Callable[[Connection], Any]]) -> list[Any]:
+    """The results of a batch's writes in one transaction, in order: when every one is an
+    `Inserts`, their rows go in one executemany per statement (statements in the order first
+    listed); otherwise each write runs in turn."""
+    if len(works) < 2 or not all(isinstance(work, Inserts) for work in works):
+        return [work(conn) for work in works]
+    joined: dict[Executable, list[dict[str, Any]]] = {}
+    for work in works:
+        for statement, rows in work.steps:
+            joined.setdefault(statement, []).extend(rows)
+    for statement, rows in joined.items():
+        execute(conn, statement, rows)
+    return [None] * len(works)
 
 
 def execute(conn: Connection, statement: Executable, params: dict | list[dict]) -> int:

@@ -63,37 +63,40 @@ SPEND_TOKEN = (
 def insert_family(conn: Connection, family: TokenFamily, issued: list[IssuedToken]) -> None:
     """A new family and its first tokens, inside the caller's transaction (so spending a code
     or a device code and storing what it bought commit together)."""
+    family_inserts(family, issued)(conn)
+
+
+def family_inserts(family: TokenFamily, issued: list[IssuedToken]) -> prebuilt.Inserts:
+    """The rows of a new family and its first tokens: the family's row first."""
     issued_at = now()
-    prebuilt.execute(
-        conn,
-        INSERT_FAMILY,
-        {**columns_from_record(family, family_id="grant_id"), "created_at": issued_at},
+    family_row = {**columns_from_record(family, family_id="grant_id"), "created_at": issued_at}
+    return prebuilt.Inserts(
+        (INSERT_FAMILY, [family_row]), (INSERT_TOKENS, _token_rows(family, issued, issued_at))
     )
-    _insert_tokens(conn, family, issued, issued_at)
 
 
 def _insert_tokens(
     conn: Connection, family: TokenFamily, issued: list[IssuedToken], issued_at: int
 ) -> None:
-    prebuilt.execute(
-        conn,
-        INSERT_TOKENS,
-        [
-            {
-                "token_hash": secret_hash(token.value),
-                "kind": token.kind,
-                "grant_id": family.family_id,
-                "client_id": family.client_id,
-                "username": family.username,
-                "scope": token.scope,
-                "resource": family.resource,
-                "actor": family.actor,
-                "issued_at": issued_at,
-                "expires_at": token.expires_at,
-            }
-            for token in issued
-        ],
-    )
+    prebuilt.execute(conn, INSERT_TOKENS, _token_rows(family, issued, issued_at))
+
+
+def _token_rows(family: TokenFamily, issued: list[IssuedToken], issued_at: int) -> list[dict]:
+    return [
+        {
+            "token_hash": secret_hash(token.value),
+            "kind": token.kind,
+            "grant_id": family.family_id,
+            "client_id": family.client_id,
+            "username": family.username,
+            "scope": token.scope,
+            "resource": family.resource,
+            "actor": family.actor,
+            "issued_at": issued_at,
+            "expires_at": token.expires_at,
+        }
+        for token in issued
+    ]
 
 
 def _token_record(row) -> TokenRecord | None:
@@ -171,7 +174,7 @@ class TokenStore:
         """A new family and its tokens (client_credentials): new rows only, independent of
         any other write, so committed together with whatever else is waiting, on PostgreSQL
         too (Database.grouped_inserts)."""
-        self.db.grouped_inserts(lambda conn: insert_family(conn, family, issued))
+        self.db.grouped_inserts(family_inserts(family, issued))
 
     def save_exchanged(
         self,
