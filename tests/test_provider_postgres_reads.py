@@ -89,6 +89,24 @@ def test_a_postgresql_restart_costs_no_introspection(pg_provider):
     assert answer.status_code == 200 and answer.json()["active"] is True
 
 
+def test_a_postgresql_restart_costs_no_token(pg_provider):
+    """The pooled connections the writes use, ended while idle (a server restart), are
+    replaced before use (common/sql.py): the next token is issued and stored, not a 503."""
+    provider, database = pg_provider
+    rs_token(provider)
+    end_connections(database)
+    deadline = time.monotonic() + 10
+    while admin(  # the ended backends are gone: their sockets are closed
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        database,
+    )[0][0]:
+        assert time.monotonic() < deadline, "the ended connections did not go"
+        time.sleep(0.05)
+    for _ in range(3):
+        token = rs_token(provider)
+        assert introspect(provider, token).json()["active"] is True
+
+
 def test_postgresql_down_at_introspection_is_503_never_inactive_then_recovers(pg_provider):
     """PostgreSQL unreachable: an introspection is 503 temporarily_unavailable with
     Retry-After, never a 401, a 500 or {"active": false} (a resource server would refuse a
