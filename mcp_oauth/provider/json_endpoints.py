@@ -9,7 +9,8 @@ handlers), and JSONResponse encodes the same headers again for every answer and 
 encoder for each. Past the body limit and the headers (http_hardening.py), the
 ExceptionMiddleware and the router (each route's pattern tried in turn, a child scope built)
 cost another 3.7 of the 10.5 µs Starlette's whole stack takes for an endpoint answering a
-constant; JsonRoutes skips them for the POSTs to these endpoints' own paths.
+constant; JsonRoutes skips them for the POSTs to these endpoints' own paths, which took an
+introspection from 50.5 to 43.6 µs in process.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ query, as before.
 The connections are kept here, not in psycopg_pool's pool: at most POOL_SIZE, each running
 one query at a time, idle ones reused last in first out. The pool's checkout and return
 (its locks, its checks, an `open()` awaited per query) cost a third of a query's CPU beside
-psycopg's execute: 115 against 83 µs, and introspection on PostgreSQL went from 0.93x to
-0.99x of oidc-provider in an interleaved A/B over HTTP. A connection whose query failed or was
+psycopg's execute: 115 against 83 µs, and introspection on PostgreSQL went from 0.95x to
+1.01x of oidc-provider in an interleaved A/B over HTTP. A connection whose query failed or was
 cut off is closed, never reused. After a connection error the idle connections are dropped
 (a server restart ended them all) and the read is tried once more on a new one; a read that
 cannot be answered within READ_TIMEOUT_SECONDS (PostgreSQL down or overloaded) raises

@@ -111,9 +111,9 @@ class Database:
         # rows and touch no existing one (grouped_inserts), which take no row lock another
         # transaction could wait for, so batches of two replicas cannot deadlock.
         self._group = (
-            GroupCommitter(self.write, write_now=self.write_now, together=run_together)
+            GroupCommitter(self.write, run_together, write_now=self.write_now)
             if sqlite
-            else GroupCommitter(self.write, pipelined, together=run_together)
+            else GroupCommitter(self.write, run_together, pipelined)
         )
         self._loop_writer: Connection | None = None  # write_now's, kept by the event loop
         self._group_all = sqlite

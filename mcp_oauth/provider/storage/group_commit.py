@@ -58,7 +58,7 @@ Work = Callable[[Connection], Any]
 class _Job:
     __slots__ = ("work", "finished", "ok", "value", "future")
 
-    def __init__(self, work: Callable[[Connection], Any], future: asyncio.Future | None = None):
+    def __init__(self, work: Work, future: asyncio.Future | None = None):
         self.work = work
         self.finished = False
         self.ok = False
@@ -79,16 +79,14 @@ class GroupCommitter:
     def __init__(
         self,
         write: Callable[[], AbstractContextManager[Connection]],
+        together: Callable[[Connection, list[Work]], list[Any]],
         sending: Callable[[Connection], AbstractContextManager] = lambda conn: nullcontext(),
         write_now: Callable[[], AbstractContextManager[Connection]] | None = None,
-        together: Callable[[Connection, list[Work]], list[Any]] = lambda conn, works: [
-            work(conn) for work in works
-        ],
     ):
         self._write = write  # Database.write: the transaction a batch runs in
-        self._sending = sending  # around a batch's jobs: what it raises on exit is theirs
         # a batch's jobs run in its transaction, their results in order (prebuilt.run_together)
         self._together = together
+        self._sending = sending  # around a batch's jobs: what it raises on exit is theirs
         # Database.write_now (SQLite): the event loop's transaction, or WriteLockTaken
         self._write_now = write_now
         self._queue: deque[_Job] = deque()
@@ -97,7 +95,7 @@ class GroupCommitter:
         self._writing = False  # a _drain is running or submitted (guarded by _writing_lock)
         self._writing_lock = threading.Lock()
 
-    def run(self, work: Callable[[Connection], Any]) -> Any:
+    def run(self, work: Work) -> Any:
         """`work(conn)` in a committed transaction shared with the other jobs queued
         meanwhile: its result once that transaction committed, or what it raised."""
         job = _Job(work)
@@ -112,7 +110,7 @@ class GroupCommitter:
             return job.value
         raise job.value
 
-    async def run_async(self, work: Callable[[Connection], Any]) -> Any:
+    async def run_async(self, work: Work) -> Any:
         """`run` for the event loop: awaits the commit instead of blocking for it."""
         loop = asyncio.get_running_loop()
         job = _Job(work, loop.create_future())
