@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -125,6 +126,10 @@ async def lifespan(_server: FastMCP) -> AsyncIterator[None]:
         receiving = asyncio.create_task(revocation_events.run())
     else:
         revocation_events.state = "off"
+    # What start-up made lives as long as the server: out of the collector's sight, a full
+    # collection walks only what requests made (about a quarter of a tools/call's CPU before).
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
