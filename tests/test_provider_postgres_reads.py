@@ -240,6 +240,39 @@ def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_ro
     assert queries[1] == {"token_hash": stored[3]} and alone["client_id"] == "client-3"
 
 
+def test_a_token_read_asked_for_in_the_next_turn_joins_the_first_query():
+    """An introspection read from its socket a turn after another (its task starts a turn
+    later) is still answered by the same query as the one before it: one `= ANY` query for
+    both keys, each reader its own row."""
+    with new_postgres_database("next_turn_reads") as url:
+        db = Database(url)
+        stored = _stored_tokens(db, 2)
+        reader, queries = db._async_reader, []
+        answer = reader._answer
+
+        async def counted(sql, params, fetch, **prepare):
+            queries.append(params)
+            return await answer(sql, params, fetch, **prepare)
+
+        reader._answer = counted
+
+        async def read(key: str):
+            return await db.read_by_key_async(FIND_TOKEN, FIND_TOKENS, "token_hash", key)
+
+        async def read_in_two_turns() -> list:
+            async with db.async_reads():
+                first = asyncio.ensure_future(read(stored[0]))
+                await asyncio.sleep(0)  # the first read is asked for in this turn
+                second = asyncio.ensure_future(read(stored[1]))  # and this one in the next
+                return await asyncio.gather(first, second)
+
+        rows = asyncio.run(read_in_two_turns())
+        db.engine.dispose()
+    assert [row["token_hash"] for row in rows] == stored
+    assert len(queries) == 1, queries
+    assert sorted(queries[0]["keys"]) == sorted(stored)
+
+
 def test_batched_token_reads_are_planned_for_their_own_keys():
     """The batch read (`= ANY(:keys)`) is planned for each execution's keys, never from a
     plan PostgreSQL kept since the table was nearly empty: such a generic plan scanned the

@@ -45,6 +45,35 @@ def test_jobs_awaited_in_one_turn_are_committed_by_the_loop_in_one_transaction(t
     assert {name for _, name in seen} == {threading.main_thread().name}
 
 
+def test_a_job_queued_in_the_next_turn_joins_the_batch(tmp_path):
+    """A request read from its socket while the last batch committed starts its task a turn
+    later than the requests read before it: its job, queued in the turn after the first one,
+    still joins that batch (one transaction, committed by the loop), not the next commit."""
+    path = f"{tmp_path}/turns.db"
+    store = Store(f"sqlite:///{path}")
+    made = [_family() for _ in range(2)]
+    seen: list[object] = []
+
+    def grant(index: int) -> None:
+        def job(conn) -> None:
+            insert_family(conn, *made[index])
+            seen.append(conn.get_transaction())
+
+        store.db.grouped(job)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(run_sync(grant, 0))
+        while not store.db._group._queue:  # the turn in which the first job was queued
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(run_sync(grant, 1))  # its task starts in the next turn
+        await asyncio.wait_for(asyncio.gather(first, second), 30)
+
+    asyncio.run(main())
+    assert len(seen) == 2
+    assert seen[0] is seen[1]  # one transaction for both
+    assert _stored(path) == {secret_hash(issued[0].value) for _, issued in made}
+
+
 def _hold_write_lock_in_another_process(path: str):
     """What another process writing looks like to this one: SQLite's write lock taken on a
     connection of its own (no lock of this process held)."""
