@@ -13,9 +13,8 @@ import time
 import weakref
 
 import greenlet
-import psycopg
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import text
 from starlette.testclient import TestClient
 
 import oauth_provider
@@ -23,7 +22,7 @@ from mcp_oauth.provider.hashed_secrets import new_secret, secret_hash
 from mcp_oauth.provider.records import IssuedToken, TokenFamily
 from mcp_oauth.provider.storage.database import Database
 from mcp_oauth.provider.storage.store import Store
-from mcp_oauth.provider.storage.tokens import insert_family
+from mcp_oauth.provider.storage.tokens import family_inserts, insert_family
 from mcp_oauth.provider.sync_on_loop import off_loop, on_event_loop, run_sync, wait_for
 from tests.conftest import new_postgres_database
 
@@ -230,77 +229,35 @@ def test_jobs_awaited_on_the_loop_share_one_commit_in_the_writer_thread(tmp_path
     assert {name for _, name in seen} == {"group-commit_0"}
 
 
-def test_on_postgresql_only_inserts_share_a_commit(monkeypatch):
-    """PostgreSQL: client_credentials' new rows (grouped_inserts) are committed together by
-    the writer thread, like SQLite's; a job that may lock existing rows (grouped: a
-    rotation, a code's redemption) keeps a transaction of its own, so no two replicas' batches
-    can wait on each other's row locks."""
+def test_on_postgresql_only_inserts_share_a_commit():
+    """PostgreSQL: client_credentials' new rows (grouped_inserts of prebuilt Inserts) awaited
+    together on the event loop are committed together (storage/loop_inserts.py); a job that
+    may lock existing rows (grouped: a rotation, a code's redemption) keeps a transaction of
+    its own, so no two replicas' batches can wait on each other's row locks. Which
+    transaction inserted each token is PostgreSQL's own record of it (xmin)."""
     with new_postgres_database("grouped") as url:
         store = Store(url)
-        committer = store.db._group
         made = [_family() for _ in range(6)]
-        seen: list[tuple[str, object]] = []
 
-        def job(kind: str, index: int):
-            def run(conn) -> int:
-                insert_family(conn, *made[index])
-                seen.append((kind, conn))  # kept alive, so no two share an id()
-                return index
-
-            return run
-
-        def grant(index: int) -> int:
+        def grant(index: int) -> None:
             if index < 4:
-                return store.db.grouped_inserts(job("insert", index))
-            return store.db.grouped(job("locking", index))
+                store.db.grouped_inserts(family_inserts(*made[index]))
+            else:
+                store.db.grouped(lambda conn: insert_family(conn, *made[index]))
 
-        async def main() -> list:
-            return await asyncio.gather(*(run_sync(grant, i) for i in range(len(made))))
+        async def main() -> None:
+            async with store.db.async_reads():
+                await asyncio.gather(*(run_sync(grant, i) for i in range(len(made))))
 
-        result = _queued_then_committed(committer, main, 4)
-        assert result == [list(range(len(made)))]
-        assert len({id(conn) for kind, conn in seen if kind == "insert"}) == 1
-        assert len({id(conn) for kind, conn in seen if kind == "locking"}) == 2  # one each
+        asyncio.run(main())
+        with store.db.engine.connect() as conn:
+            inserted_by = dict(
+                conn.execute(text("SELECT token_hash, xmin::text FROM tokens")).all()
+            )
         store.db.engine.dispose()
-
-
-def test_on_postgresql_a_batch_is_one_pipeline_and_a_failing_insert_fails_only_its_request():
-    """PostgreSQL: a batch of grouped inserts is sent in one psycopg pipeline (no round trip
-    per statement); an insert the server refuses, seen only when the pipeline ends, fails
-    its own request alone (here: a token stored twice), and the others are stored. The refused
-    insert is the batch's last statement, so psycopg can only report it when the pipeline ends."""
-    with new_postgres_database("pipelined") as url:
-        store = Store(url)
-        committer = store.db._group
-        made = [_family() for _ in range(3)]
-        made[2] = (made[2][0], made[0][1])  # a new family with the first one's token: refused
-        pipelined: list[bool] = []
-
-        def job(index: int):
-            def run(conn) -> str:
-                status = conn.connection.dbapi_connection.pgconn.pipeline_status
-                pipelined.append(status != psycopg.pq.PipelineStatus.OFF)
-                insert_family(conn, *made[index])
-                return "stored"
-
-            return run
-
-        def grant(index: int) -> str:
-            try:
-                return store.db.grouped_inserts(job(index))
-            except IntegrityError:
-                return "refused"
-
-        async def main() -> list:
-            return await asyncio.gather(*(run_sync(grant, i) for i in range(3)))
-
-        result = _queued_then_committed(committer, main, 3)
-        assert result == [["stored", "stored", "refused"]]
-        # The batch, in one pipeline; then each job alone.
-        assert pipelined == [True, True, True, False, False, False]
-        stored = {t.value for family, issued in made for t in issued}
-        assert all(store.tokens.find(value) is not None for value in stored)
-        store.db.engine.dispose()
+    transactions = [inserted_by[secret_hash(issued[0].value)] for _, issued in made]
+    assert len(set(transactions[:4])) == 1  # the inserts: one transaction
+    assert len(set(transactions)) == 3  # each locking job: one of its own
 
 
 def test_an_awaited_job_that_fails_fails_only_its_own_request(tmp_path):

@@ -230,13 +230,14 @@ def _new_token() -> list[IssuedToken]:
 
 
 def test_a_batch_of_inserts_is_one_statement_a_table_and_a_bad_one_takes_nothing_else(
-    database_url, monkeypatch
+    tmp_path, monkeypatch
 ):
-    """Writes that only insert rows (prebuilt.Inserts: a client_credentials family and its
-    token) queued together run as one executemany per statement. When that fails (one
+    """SQLite: writes that only insert rows (prebuilt.Inserts: a client_credentials family and
+    its token) queued together run as one executemany per statement. When that fails (one
     write's token is stored already), each write runs alone: the others are stored, the bad
-    one alone fails and leaves nothing of itself."""
-    store = Store(database_url)
+    one alone fails and leaves nothing of itself. (PostgreSQL's batches:
+    test_provider_loop_inserts.py.)"""
+    store = Store(f"sqlite:///{tmp_path}/inserts.db")
     statements: list[int] = []
     execute = prebuilt.execute
 

@@ -67,6 +67,12 @@ def introspect(provider: Provider, token: str) -> httpx.Response:
     return httpx.post(f"{provider.url}/introspect", data={"token": token}, auth=RS_AUTH, timeout=30)
 
 
+def revoke(provider: Provider, token: str) -> None:
+    """RFC 7009 revocation: a write in a worker thread, through the pooled connections."""
+    response = httpx.post(f"{provider.url}/revoke", data={"token": token}, auth=RS_AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+
+
 def test_introspection_on_postgresql_reads_through_the_event_loops_connections(pg_provider):
     """Once the resource server's client is cached, its introspections read the token through
     the event loop's own connections: those named APPLICATION_NAME."""
@@ -90,10 +96,12 @@ def test_a_postgresql_restart_costs_no_introspection(pg_provider):
 
 
 def test_a_postgresql_restart_costs_no_token(pg_provider):
-    """The pooled connections the writes use, ended while idle (a server restart), are
-    replaced before use (common/sql.py): the next token is issued and stored, not a 503."""
+    """The connections the writes use, ended while idle (a server restart), are replaced
+    before use: the event loop's (a token's family, storage/loop_inserts.py) and the pooled
+    ones of the worker threads (a revocation, common/sql.py). The next token is issued and
+    stored, and the next revocation done, not a 503."""
     provider, database = pg_provider
-    rs_token(provider)
+    revoke(provider, rs_token(provider))
     end_connections(database)
     deadline = time.monotonic() + 10
     while admin(  # the ended backends are gone: their sockets are closed
@@ -105,6 +113,8 @@ def test_a_postgresql_restart_costs_no_token(pg_provider):
     for _ in range(3):
         token = rs_token(provider)
         assert introspect(provider, token).json()["active"] is True
+        revoke(provider, token)
+        assert introspect(provider, token).json() == {"active": False}
 
 
 def test_postgresql_down_at_introspection_is_503_never_inactive_then_recovers(pg_provider):

@@ -40,16 +40,18 @@ from psycopg.rows import dict_row
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Executable
 
-from mcp_oauth.common.sql import libpq_url
+from mcp_oauth.common.sql import ended_while_idle, libpq_url
 from mcp_oauth.provider.storage.loop_reader import DatabaseBusy
 from mcp_oauth.provider.storage.prebuilt import compiled
 
 READ_TIMEOUT_SECONDS = 2.0  # the longest an introspection waits for PostgreSQL
+WRITE_TIMEOUT_SECONDS = 5.0  # the longest a batch of new rows waits for its commit
 POOL_SIZE = 4  # connections per process: PostgreSQL answers these reads in well under a millisecond
 APPLICATION_NAME = "mcp-oauth event-loop reads"  # how these connections show in pg_stat_activity
 
 
 Fetch = Callable[[AsyncCursor], Awaitable[Any]]
+Rows = dict[str, list]  # an INSERT's SQL -> the parameters of each of its rows
 
 
 @dataclass
@@ -166,6 +168,35 @@ class AsyncReader:
                 raise
             self._idle.append(conn)
             return result
+
+    async def insert(self, rows: Rows) -> None:
+        """`rows` inserted in one transaction (loop_inserts.py), an executemany per statement,
+        on a connection the server has not ended (a restart ends them all: each idle one is
+        checked as the pooled ones are, common/sql.py). Not tried again after a failure, whose
+        outcome may be unknown: DatabaseBusy if PostgreSQL cannot be reached or does not
+        commit within WRITE_TIMEOUT_SECONDS; what the statements raised otherwise."""
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS), self._slots:
+                conn = await self._live_connection()
+                try:
+                    async with conn.transaction(), conn.cursor() as cursor:
+                        for sql, params in rows.items():
+                            await cursor.executemany(sql, params)
+                except BaseException:  # failed or cut off: its state is unknown
+                    await conn.close()
+                    raise
+                self._idle.append(conn)
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            raise DatabaseBusy(f"PostgreSQL did not commit: {exc!r}") from exc
+
+    async def _live_connection(self) -> AsyncConnection:
+        """An idle connection the server has not ended, or a new one."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not ended_while_idle(conn):
+                return conn
+            await conn.close()
+        return await self._connect()
 
     async def _connect(self) -> AsyncConnection:
         return await AsyncConnection.connect(

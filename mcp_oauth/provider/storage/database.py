@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from mcp_oauth.common.sql import create_storage_engine
 from mcp_oauth.provider.storage.group_commit import GroupCommitter, WriteLockTaken
 from mcp_oauth.provider.storage.loop_reader import LoopReader, is_busy
-from mcp_oauth.provider.storage.prebuilt import run_together
+from mcp_oauth.provider.storage.prebuilt import Inserts, run_together
 from mcp_oauth.provider.storage.schema import metadata, server_secrets
 from mcp_oauth.provider.sync_on_loop import off_loop, on_event_loop, wait_for
 
@@ -75,14 +75,6 @@ def add_missing_columns(conn: Connection) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
-def pipelined(conn: Connection):
-    """PostgreSQL's grouped batches hold only inserts (Database.grouped_inserts), none of which
-    reads a result before the commit: they go to the server in one psycopg pipeline rather
-    than one round trip per statement. An error shows when the pipeline ends, still inside
-    the batch (group_commit.py then runs each job alone)."""
-    return conn.connection.dbapi_connection.pipeline()
-
-
 def run_after_commit(callback: Callable[[], None]) -> None:
     """A callback of a committed transaction: its failure is logged, never reported as the
     transaction's (a caller told "failed" after COMMIT would, for a rotation, lose a spent
@@ -107,22 +99,20 @@ class Database:
         # so the hot endpoints run them on the event loop; PostgreSQL reads cross the network,
         # so the hot endpoints await them on the event loop (read_by_key_async).
         self.reads_inline = sqlite
-        # SQLite: every grouped write shares commits. PostgreSQL: only writes that insert new
-        # rows and touch no existing one (grouped_inserts), which take no row lock another
-        # transaction could wait for, so batches of two replicas cannot deadlock.
-        self._group = (
-            GroupCommitter(self.write, run_together, write_now=self.write_now)
-            if sqlite
-            else GroupCommitter(self.write, run_together, pipelined)
-        )
+        # SQLite: every grouped write shares commits (group_commit.py). PostgreSQL: only
+        # writes that insert new rows and touch no existing one (grouped_inserts), which take
+        # no row lock another transaction could wait for, so batches of two replicas cannot
+        # deadlock; they are committed from the event loop (loop_inserts.py, below).
+        self._group = GroupCommitter(self.write, run_together, self.write_now) if sqlite else None
         self._loop_writer: Connection | None = None  # write_now's, kept by the event loop
-        self._group_all = sqlite
         self._loop_reader = LoopReader(self.engine) if sqlite else None
         self._async_reader = None
-        if not sqlite:
-            from mcp_oauth.provider.storage.async_reader import AsyncReader  # needs psycopg
+        if not sqlite:  # (modules that need psycopg)
+            from mcp_oauth.provider.storage.async_reader import AsyncReader
+            from mcp_oauth.provider.storage.loop_inserts import LoopInserts
 
             self._async_reader = AsyncReader(self.engine, url)
+            self._loop_inserts = LoopInserts(self._async_reader, self.engine.dialect)
         with self.write() as conn:
             if conn.dialect.name == "postgresql":
                 # Replicas starting together on an empty database: one creates the tables.
@@ -221,15 +211,21 @@ class Database:
         use by their own UPDATEs). A job must not catch database errors: SQLite rolls the
         whole shared transaction back on some (SQLITE_FULL, IOERR, NOMEM, BUSY), and the jobs
         after it would then run outside any transaction."""
-        if not self._group_all:
+        if self._group is None:
             return self.transaction(job)
         return self._in_group(job)
 
     def grouped_inserts(self, job: Callable[[Connection], Record]) -> Record:
         """`grouped` for a job that only inserts new rows (it reads, updates and locks none
         that exist): shared commits on PostgreSQL too, where such batches hold no lock that
-        another transaction could wait for."""
-        return self._in_group(job)
+        another transaction could wait for. There a job of prebuilt Inserts awaited on the
+        event loop (client_credentials) is committed from the loop with the others queued
+        meanwhile (loop_inserts.py); any other, in a transaction of its own."""
+        if self._group is not None:
+            return self._in_group(job)
+        if on_event_loop() and isinstance(job, Inserts):
+            return wait_for(self._loop_inserts.run(job))
+        return self.transaction(job)
 
     def _in_group(self, job: Callable[[Connection], Record]) -> Record:
         if on_event_loop():  # a grant on the event loop: the commit is awaited there

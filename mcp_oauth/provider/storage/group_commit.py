@@ -16,17 +16,17 @@ exception reaches only the caller whose job raised it).
 
 A grant on the event loop (sync_on_loop.py) awaits its job instead (`run_async`): the job is
 queued with a future, and the jobs queued in this turn of the loop and the next are committed as
-one batch. On SQLite the event loop commits that batch itself (`write_now`, Database.write_now),
-two turns after the first job was queued, if it can at once: no other thread of the process
-leads a batch, SQLite's write lock is free (no waiting for it), and every job succeeds. A writer
-thread committing instead had to take the GIL back from the busy event loop after each of
-SQLite's steps: measured under client_credentials load, an 8-row INSERT took 1.0 ms there
-against 0.18 ms of its own CPU; committed on the loop, rotating refreshes went from 1,206-1,235
-to 1,700-1,898 a second in an interleaved A/B. The loop then waits for the batch's fsync (a
-fraction of a millisecond for the whole batch) but never for a lock. Otherwise (the lock is
-taken, a job raised, PostgreSQL, a loop outside the main thread) the batch goes to a writer
-thread of the committer's own, which leads batches while the queue holds jobs and resolves each
-batch's futures on their event loop in one call once it committed.
+one batch. The event loop commits that batch itself (`write_now`, Database.write_now), two turns
+after the first job was queued, if it can at once: no other thread of the process leads a batch,
+SQLite's write lock is free (no waiting for it), and every job succeeds. A writer thread
+committing instead had to take the GIL back from the busy event loop after each of SQLite's
+steps: measured under client_credentials load, an 8-row INSERT took 1.0 ms there against 0.18 ms
+of its own CPU; committed on the loop, rotating refreshes went from 1,206-1,235 to 1,700-1,898 a
+second in an interleaved A/B. The loop then waits for the batch's fsync (a fraction of a
+millisecond for the whole batch) but never for a lock. Otherwise (the lock is taken, a job
+raised, a loop outside the main thread) the batch goes to a writer thread of the committer's
+own, which leads batches while the queue holds jobs and resolves each batch's futures on their
+event loop in one call once it committed.
 
 Why two turns: a request read from its socket in one turn starts its task (asyncio's
 create_task) only in a later one, so a commit one turn after the first job leaves behind the
@@ -36,14 +36,10 @@ client_credentials on SQLite 0.200 -> 0.169 ms of CPU a token (0.54x -> 0.62x of
 in an interleaved A/B); a third turn made batches of 10 for the same CPU. An idle loop's turn
 takes microseconds, so a lone request hardly waits longer.
 
-On PostgreSQL only jobs that insert new rows and touch no existing one are grouped
-(Database.grouped_inserts: client_credentials): a batch of jobs that lock rows would hold
-the row locks of unrelated requests together, and two replicas' batches could deadlock; every
-other job keeps its own transaction there (Database.transaction). There a batch's statements
-go to the server in one pipeline (`sending`: Database's `pipelined`), so an error of one job
-shows only when the pipeline ends: still inside the batch, so that job alone fails as above.
-A batch of jobs that only insert rows (prebuilt.Inserts) runs as one executemany per statement
-(`together`: prebuilt.run_together); if it fails, each job runs alone, as above.
+A batch of jobs that only insert rows (prebuilt.Inserts: client_credentials' family and token)
+runs as one executemany per statement (`together`: prebuilt.run_together); if it fails, each
+job runs alone, as above. (PostgreSQL has no group committer: there only such inserts share a
+transaction, committed from the event loop by loop_inserts.py; Database.grouped.)
 """
 
 from __future__ import annotations
@@ -53,7 +49,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -87,14 +83,12 @@ class GroupCommitter:
         self,
         write: Callable[[], AbstractContextManager[Connection]],
         together: Callable[[Connection, list[Work]], list[Any]],
-        sending: Callable[[Connection], AbstractContextManager] = lambda conn: nullcontext(),
-        write_now: Callable[[], AbstractContextManager[Connection]] | None = None,
+        write_now: Callable[[], AbstractContextManager[Connection]],
     ):
         self._write = write  # Database.write: the transaction a batch runs in
         # a batch's jobs run in its transaction, their results in order (prebuilt.run_together)
         self._together = together
-        self._sending = sending  # around a batch's jobs: what it raises on exit is theirs
-        # Database.write_now (SQLite): the event loop's transaction, or WriteLockTaken
+        # Database.write_now: the event loop's transaction, or WriteLockTaken
         self._write_now = write_now
         self._queue: deque[_Job] = deque()
         self._leader = threading.Lock()
@@ -125,7 +119,7 @@ class GroupCommitter:
         with self._writing_lock:
             if not self._writing:
                 self._writing = True
-                if self._write_now and threading.current_thread() is threading.main_thread():
+                if threading.current_thread() is threading.main_thread():
                     # after the requests of this turn and the next (the docstring: why)
                     loop.call_soon(loop.call_soon, self._lead_on_loop)
                 else:
@@ -206,8 +200,7 @@ class GroupCommitter:
         try:
             with self._write() as conn:
                 try:
-                    with self._sending(conn):
-                        results = self._together(conn, [job.work for job in batch])
+                    results = self._together(conn, [job.work for job in batch])
                 except Exception as exc:
                     raise _Rerun from exc
         except _Rerun:
