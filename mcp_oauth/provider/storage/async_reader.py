@@ -1,4 +1,5 @@
-"""PostgreSQL reads on the event loop: psycopg's async driver and a few connections of its own.
+"""PostgreSQL reads on the event loop: psycopg's async driver and a few connections of its own
+(which also commit the event loop's batches of new rows: `insert`, for loop_inserts.py).
 
 A read through the SQLAlchemy pool runs in a worker thread: the hop there and back, and the
 GIL hand-offs between the event loop and the threads, cost more than the indexed read itself
