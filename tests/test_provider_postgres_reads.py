@@ -208,6 +208,19 @@ def _stored_tokens(db: Database, count: int) -> list[str]:
     return stored
 
 
+def _counted_queries(db: Database) -> list[dict]:
+    """The parameters of each query the event loop's reads send from now on, in order."""
+    reader, queries = db._async_reader, []
+    answer = reader._answer
+
+    async def counted(sql, params, fetch, **prepare):
+        queries.append(params)
+        return await answer(sql, params, fetch, **prepare)
+
+    reader._answer = counted
+    return queries
+
+
 def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_row():
     """Introspections on PostgreSQL read tokens in batches (AsyncReader.first_by_key): the
     reads asked for in one turn of the event loop are answered by one query, and each reader
@@ -217,14 +230,7 @@ def test_token_reads_asked_for_together_share_one_query_and_each_gets_its_own_ro
         db = Database(url)
         stored = _stored_tokens(db, 12)
         unknown = [f"{n:064x}" for n in range(100, 106)]
-        reader, queries = db._async_reader, []
-        answer = reader._answer
-
-        async def counted(sql, params, fetch, **prepare):
-            queries.append(params)
-            return await answer(sql, params, fetch, **prepare)
-
-        reader._answer = counted
+        queries = _counted_queries(db)
         asked = [key for pair in zip(stored + stored[:6], unknown * 3, strict=True) for key in pair]
 
         async def read_all() -> tuple[list, dict]:
@@ -257,14 +263,7 @@ def test_a_token_read_asked_for_in_the_next_turn_joins_the_first_query():
     with new_postgres_database("next_turn_reads") as url:
         db = Database(url)
         stored = _stored_tokens(db, 2)
-        reader, queries = db._async_reader, []
-        answer = reader._answer
-
-        async def counted(sql, params, fetch, **prepare):
-            queries.append(params)
-            return await answer(sql, params, fetch, **prepare)
-
-        reader._answer = counted
+        queries = _counted_queries(db)
 
         async def read(key: str):
             return await db.read_by_key_async(FIND_TOKEN, FIND_TOKENS, "token_hash", key)
