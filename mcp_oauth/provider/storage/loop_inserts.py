@@ -27,7 +27,7 @@ import psycopg
 from sqlalchemy.engine import Dialect
 
 from mcp_oauth.provider.storage.async_reader import AsyncReader, Rows
-from mcp_oauth.provider.storage.prebuilt import Inserts, bound, compiled
+from mcp_oauth.provider.storage.prebuilt import Inserts, bound, compiled, joined_rows
 
 
 class LoopInserts:
@@ -81,14 +81,12 @@ class LoopInserts:
             _finish(done, None)
 
     def _rows(self, works) -> Rows:
-        """The batch's rows by statement, statements in the order first listed (a family's
-        row before its tokens'), each as psycopg binds it."""
-        joined: Rows = {}
-        for work in works:
-            for statement, rows in work.steps:
-                sql, names = compiled(statement, self._dialect, tuple(rows[0]))
-                joined.setdefault(sql, []).extend(bound(names, row) for row in rows)
-        return joined
+        """The batch's rows by statement (prebuilt.joined_rows), as psycopg binds them."""
+        sql_rows: Rows = {}
+        for statement, rows in joined_rows(works).items():
+            sql, names = compiled(statement, self._dialect, tuple(rows[0]))
+            sql_rows[sql] = [bound(names, row) for row in rows]
+        return sql_rows
 
 
 def _finish(done: asyncio.Future, error: Exception | None) -> None:

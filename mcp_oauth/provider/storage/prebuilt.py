@@ -20,7 +20,7 @@ CPU running its twelve INSERTs one by one in the committer's thread.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any
 
@@ -79,13 +79,19 @@ def run_together(conn: Connection, works: list[Callable[[Connection], Any]]) -> 
     listed); otherwise each write runs in turn."""
     if len(works) < 2 or not all(isinstance(work, Inserts) for work in works):
         return [work(conn) for work in works]
+    for statement, rows in joined_rows(works).items():
+        execute(conn, statement, rows)
+    return [None] * len(works)
+
+
+def joined_rows(works: Iterable[Inserts]) -> dict[Executable, list[dict[str, Any]]]:
+    """The rows of several Inserts by statement, statements in the order first listed (a
+    family's row before its tokens'), to run as one executemany each."""
     joined: dict[Executable, list[dict[str, Any]]] = {}
     for work in works:
         for statement, rows in work.steps:
             joined.setdefault(statement, []).extend(rows)
-    for statement, rows in joined.items():
-        execute(conn, statement, rows)
-    return [None] * len(works)
+    return joined
 
 
 def execute(conn: Connection, statement: Executable, params: dict | list[dict]) -> int:
